@@ -1,0 +1,67 @@
+"""`flowerdemo`: the window (default), `--headless` runs, `flowerdemo serve` and `flowerdemo bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flowerdemo import __version__
+
+SUBCOMMANDS = ("serve", "bench")
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    from flowerdemo.options import add_client_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="flowerdemo",
+        description="Classify flower photos live through Triton Inference Server behind Envoy. "
+        "Other commands: 'flowerdemo serve' runs the local stack, 'flowerdemo bench' sweeps "
+        "concurrency (each has its own --help).",
+    )
+    parser.add_argument("--version", action="version", version=f"flowerdemo {__version__}")
+    add_client_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "serve":
+        from flowerdemo.serving.cli import add_serve_arguments, run_serve
+
+        parser = argparse.ArgumentParser(
+            prog="flowerdemo serve",
+            description="Run N Triton instances behind Envoy on this machine, or write their configuration.",
+        )
+        add_serve_arguments(parser)
+        return run_serve(parser.parse_args(arguments[1:]))
+    if arguments and arguments[0] == "bench":
+        from flowerdemo.bench import add_bench_arguments, run_bench
+
+        parser = argparse.ArgumentParser(
+            prog="flowerdemo bench",
+            description="Sweep concurrency against a server: throughput and latency per step, "
+            "CSV in perf_analyzer's layout, PNG plots.",
+        )
+        add_bench_arguments(parser)
+        return run_bench(parser.parse_args(arguments[1:]))
+
+    from flowerdemo.options import options_from_args, validate_options
+
+    parser = _client_parser()
+    options = options_from_args(parser.parse_args(arguments))
+    problems = validate_options(options)
+    if problems:
+        parser.error("; ".join(problems))
+    if options.headless:
+        from flowerdemo.headless import run_headless
+
+        return run_headless(options)
+    from flowerdemo.ui.app import run_app
+
+    return run_app(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

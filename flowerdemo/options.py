@@ -1,0 +1,166 @@
+"""The client's command line, shared by the window and the headless runner."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from flowerdemo.core.engine import PROTOCOLS, EngineSettings, TransportName
+from flowerdemo.core.images import read_labels
+from flowerdemo.core.preprocess import (
+    RESIZE_MODES,
+    SCALINGS,
+    PreprocessOptions,
+    ResizeMode,
+    Scaling,
+)
+from flowerdemo.resources import labels_file, sample_images_dir
+
+Mode = Literal["interactive", "auto"]
+DEFAULT_BUDGET_MS = 50.0
+DEFAULT_LOCAL_INSTANCES = 2
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    url: str | None
+    """None: start the embedded local stack and connect to it."""
+    protocol: TransportName = "grpc"
+    model: str = "flowers"
+    model_version: str = ""
+    mode: Mode = "interactive"
+    concurrency: int = 8
+    topk: int = 3
+    batch_size: int = 1
+    duration_s: float | None = None
+    report: Path | None = None
+    images: Path | None = None
+    labels: Path | None = None
+    scaling: Scaling = "inception"
+    resize: ResizeMode = "crop"
+    timeout_s: float = 10.0
+    budget_ms: float = DEFAULT_BUDGET_MS
+    instances: int = DEFAULT_LOCAL_INSTANCES
+    fullscreen: bool = False
+    headless: bool = False
+
+    @property
+    def images_dir(self) -> Path:
+        return self.images or sample_images_dir()
+
+    def class_names(self) -> tuple[str, ...]:
+        """Names for the client-side labels fallback and for ground truth from folder names."""
+        return read_labels(self.labels or labels_file())
+
+    def engine_settings(self, url: str) -> EngineSettings:
+        return EngineSettings(
+            url=url,
+            protocol=self.protocol,
+            model_name=self.model,
+            model_version=self.model_version,
+            topk=self.topk,
+            batch_size=self.batch_size,
+            request_timeout_s=self.timeout_s,
+            preprocess=PreprocessOptions(scaling=self.scaling, resize=self.resize),
+            fallback_labels=self.class_names(),
+        )
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        help="HOST:PORT of the server or load balancer (e.g. host:50050); "
+        "without it a local stack is started on 127.0.0.1 and used",
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    parser.add_argument(
+        "--model", default="flowers", help="model name on the server (default: flowers)"
+    )
+    parser.add_argument(
+        "--model-version", default="", help="model version (default: the server's latest)"
+    )
+    parser.add_argument("--mode", choices=("interactive", "auto"), default="interactive")
+    parser.add_argument(
+        "-c", "--concurrency", type=int, default=8, help="requests kept outstanding in auto mode"
+    )
+    parser.add_argument("--topk", type=int, default=3, help="labels shown per photo")
+    parser.add_argument("-b", "--batch-size", type=int, default=1, help="photos per request")
+    parser.add_argument("--duration", type=float, help="seconds to run auto mode, then stop")
+    parser.add_argument(
+        "--headless", action="store_true", help="no window: live status line and a summary"
+    )
+    parser.add_argument(
+        "--report", type=Path, help="write the run's statistics here (.json or .csv)"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="folder of photos (default: the bundled samples)"
+    )
+    parser.add_argument(
+        "--labels", type=Path, help="class names, one a line (default: the bundled ones)"
+    )
+    parser.add_argument("--scaling", choices=SCALINGS, default="inception")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
+    )
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=DEFAULT_BUDGET_MS,
+        help="latency budget shown on the charts",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=DEFAULT_LOCAL_INSTANCES,
+        help="Triton instances of the local stack (only without --url)",
+    )
+    parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        url=args.url,
+        protocol=args.protocol,
+        model=args.model,
+        model_version=args.model_version,
+        mode=args.mode,
+        concurrency=args.concurrency,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        duration_s=args.duration,
+        report=args.report,
+        images=args.images,
+        labels=args.labels,
+        scaling=args.scaling,
+        resize=args.resize,
+        timeout_s=args.timeout,
+        budget_ms=args.budget_ms,
+        instances=args.instances,
+        fullscreen=args.fullscreen,
+        headless=args.headless,
+    )
+
+
+def validate_options(options: RunOptions) -> list[str]:
+    """Problems a user can fix on the command line, one sentence each."""
+    problems = []
+    if not 1 <= options.concurrency <= 1024:
+        problems.append(f"--concurrency must be between 1 and 1024, not {options.concurrency}")
+    if options.topk < 1:
+        problems.append(f"--topk must be at least 1, not {options.topk}")
+    if options.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1, not {options.batch_size}")
+    if options.duration_s is not None and options.duration_s <= 0:
+        problems.append(f"--duration must be positive, not {options.duration_s}")
+    if options.timeout_s <= 0:
+        problems.append(f"--timeout must be positive, not {options.timeout_s}")
+    if options.instances < 1:
+        problems.append(f"--instances must be at least 1, not {options.instances}")
+    if options.labels is not None and not options.labels.is_file():
+        problems.append(f"labels file {options.labels} does not exist")
+    if options.report is not None and options.report.suffix.lower() not in (".json", ".csv"):
+        problems.append(f"--report must end in .json or .csv, not '{options.report.name}'")
+    return problems
