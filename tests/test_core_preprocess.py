@@ -1,0 +1,128 @@
+"""Preprocessing against values computed by hand, for each scaling, layout and dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowerdemo.core.model_spec import ModelSpec
+from flowerdemo.core.preprocess import PreprocessOptions, TensorCache, fit, preprocess
+
+SPEC = ModelSpec(
+    name="m",
+    version="1",
+    platform="python",
+    input_name="input",
+    output_name="probabilities",
+    layout="NCHW",
+    input_dtype="FP32",
+    channels=3,
+    height=2,
+    width=2,
+    max_batch_size=8,
+    num_classes=102,
+    has_labels=True,
+)
+# A 2x2 photo already at the model's size, so only the scaling and the layout act on it.
+PIXELS = np.array([[[0, 10, 20], [30, 40, 50]], [[60, 70, 80], [255, 128, 1]]], dtype=np.uint8)
+PHOTO = Image.fromarray(PIXELS, "RGB")
+
+
+@pytest.mark.parametrize(
+    ("scaling", "expected_first_pixel"),
+    [
+        ("none", [0.0, 10.0, 20.0]),
+        ("inception", [-1.0, 10 / 127.5 - 1, 20 / 127.5 - 1]),
+        ("vgg", [0 - 123.0, 10 - 117.0, 20 - 104.0]),
+        ("imagenet", [(0 - 0.485) / 0.229, (10 / 255 - 0.456) / 0.224, (20 / 255 - 0.406) / 0.225]),
+    ],
+)
+def test_each_scaling_matches_hand_computed_values(scaling, expected_first_pixel):
+    tensor = preprocess(PHOTO, SPEC, PreprocessOptions(scaling=scaling))
+    assert tensor.shape == (3, 2, 2)
+    assert tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor[:, 0, 0], expected_first_pixel, rtol=1e-6)
+
+
+def test_nchw_and_nhwc_put_the_same_values_in_their_places():
+    nhwc = dataclasses.replace(SPEC, layout="NHWC")
+    chw = preprocess(PHOTO, SPEC, PreprocessOptions(scaling="none"))
+    hwc = preprocess(PHOTO, nhwc, PreprocessOptions(scaling="none"))
+    assert hwc.shape == (2, 2, 3)
+    np.testing.assert_array_equal(hwc, PIXELS.astype(np.float32))
+    np.testing.assert_array_equal(chw, np.transpose(PIXELS, (2, 0, 1)).astype(np.float32))
+
+
+def test_fp16_and_uint8_inputs():
+    half = preprocess(PHOTO, dataclasses.replace(SPEC, input_dtype="FP16"), PreprocessOptions())
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half[:, 1, 1], [1.0, 128 / 127.5 - 1, 1 / 127.5 - 1], atol=1e-3)
+    raw = preprocess(
+        PHOTO, dataclasses.replace(SPEC, input_dtype="UINT8"), PreprocessOptions(scaling="none")
+    )
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(raw, np.transpose(PIXELS, (2, 0, 1)))
+    with pytest.raises(ValueError, match="UINT8"):
+        preprocess(
+            PHOTO, dataclasses.replace(SPEC, input_dtype="UINT8"), PreprocessOptions(scaling="vgg")
+        )
+
+
+def test_grayscale_model_gets_one_channel():
+    gray = preprocess(
+        PHOTO, dataclasses.replace(SPEC, channels=1), PreprocessOptions(scaling="none")
+    )
+    assert gray.shape == (1, 2, 2)
+    # ITU-R 601-2 luma, as Pillow converts: L = R*299/1000 + G*587/1000 + B*114/1000
+    assert gray[0, 1, 0] == pytest.approx(60 * 0.299 + 70 * 0.587 + 80 * 0.114, abs=1)
+
+
+def test_crop_keeps_the_centre_and_stretch_keeps_everything():
+    # A 30x10 photo: left third red, middle green, right blue.
+    strip = np.zeros((10, 30, 3), np.uint8)
+    strip[:, :10, 0] = 255
+    strip[:, 10:20, 1] = 255
+    strip[:, 20:, 2] = 255
+    photo = Image.fromarray(strip)
+    cropped = np.asarray(fit(photo, 10, 10, "crop"))
+    assert cropped.shape == (10, 10, 3)
+    assert (cropped[:, :, 1] == 255).all() and (cropped[:, :, 0] == 0).all()
+    stretched = np.asarray(fit(photo, 10, 10, "stretch"))
+    assert stretched[5, 0, 0] == 255 and stretched[5, 9, 2] == 255
+
+
+def test_crop_covers_a_portrait_photo_for_a_landscape_input():
+    fitted = fit(Image.new("RGB", (50, 100)), 40, 20, "crop")
+    assert fitted.size == (40, 20)
+
+
+def test_cache_preprocesses_each_image_once_and_stacks_batches():
+    calls = []
+
+    class CountingImage:
+        def __init__(self, image):
+            self.image = image
+
+        def convert(self, mode):
+            calls.append(mode)
+            return self.image.convert(mode)
+
+    cache = TensorCache(
+        [CountingImage(PHOTO), CountingImage(PHOTO.rotate(90))], SPEC, PreprocessOptions()
+    )
+    batch = cache.batch([0, 1, 0])
+    assert batch.shape == (3, 3, 2, 2)
+    np.testing.assert_array_equal(batch[0], batch[2])
+    cache.prepare_all()
+    cache.batch([1, 1])
+    assert len(calls) == 2
+
+    unbatched = TensorCache(
+        [PHOTO], dataclasses.replace(SPEC, max_batch_size=0), PreprocessOptions()
+    )
+    assert unbatched.batch([0]).shape == (3, 2, 2)
+    with pytest.raises(ValueError, match="does not batch"):
+        unbatched.batch([0, 0])
