@@ -1,0 +1,203 @@
+"""`flowerdemo --headless`: the same engine and statistics as the window, on a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from flowerdemo.core.engine import ConnectError, InferenceEngine
+from flowerdemo.core.events import InferenceEvent
+from flowerdemo.core.images import FlowerImage, NoImagesError, load_images
+from flowerdemo.core.stats import (
+    RunStatistics,
+    StatsSnapshot,
+    perf_analyzer_row,
+    write_json_report,
+    write_perf_analyzer_csv,
+)
+from flowerdemo.options import RunOptions
+
+STATUS_INTERVAL_S = 0.5
+
+
+def run_headless(options: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """0: every request answered; 1: some failed; 2: nothing could be run (the reason is printed)."""
+    try:
+        return asyncio.run(_run(options, out, err))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
+    try:
+        image_set = load_images(options.images_dir, labels=options.class_names())
+    except NoImagesError as error:
+        print(f"flowerdemo: {error}", file=err)
+        return 2
+    for problem in image_set.problems:
+        print(f"flowerdemo: skipped {problem}", file=err)
+    images = image_set.images
+
+    with _local_stack_if_needed(options, err) as url:
+        if url is None:
+            return 2
+        engine = InferenceEngine(options.engine_settings(url), [image.rgb for image in images])
+        statistics = RunStatistics()
+        engine.add_sink(statistics.record)
+        try:
+            try:
+                spec = await engine.connect()
+            except ConnectError as error:
+                print(f"flowerdemo: {error}", file=err)
+                return 2
+            print(f"Connected to {url} ({options.protocol}): {spec.describe()}", file=out)
+            statistics.reset()
+            if options.mode == "auto":
+                await _run_automatic(engine, statistics, options, out)
+            else:
+                await _classify_each(engine, images, out)
+        finally:
+            await engine.close()
+        snapshot = statistics.snapshot(in_flight=engine.in_flight)
+        _print_summary(snapshot, options, out)
+        if options.report is not None:
+            _write_report(options, snapshot)
+            print(f"Report written to {options.report}", file=out)
+        return 0 if snapshot.failed == 0 and snapshot.answered > 0 else 1
+
+
+@contextlib.contextmanager
+def _local_stack_if_needed(options: RunOptions, err: TextIO) -> Iterator[str | None]:
+    if options.url is not None:
+        yield options.url
+        return
+    try:
+        from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
+    except ImportError as error:
+        print(
+            f"flowerdemo: no --url given and the local stack cannot start ({error}). "
+            "Install it with: pip install 'flowerdemo[serve]', or pass --url HOST:PORT.",
+            file=err,
+        )
+        yield None
+        return
+    print(
+        f"Starting the local stack: {options.instances} Triton instance(s) behind Envoy...",
+        file=err,
+    )
+    stack = LocalStack(StackSettings(instances=options.instances))
+    try:
+        stack.start()
+    except StackError as error:
+        print(f"flowerdemo: the local stack did not start: {error}", file=err)
+        yield None
+        return
+    try:
+        yield stack.grpc_url if options.protocol == "grpc" else stack.http_url
+    finally:
+        stack.stop()
+
+
+async def _run_automatic(
+    engine: InferenceEngine, statistics: RunStatistics, options: RunOptions, out: TextIO
+) -> None:
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        # Ctrl-C ends the run the normal way: outstanding requests still finish and are counted.
+        loop.add_signal_handler(signal.SIGINT, engine.stop)
+    reporter = asyncio.ensure_future(_report_status(engine, statistics, out))
+    try:
+        await engine.run_automatic(options.concurrency, duration_s=options.duration_s)
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        if out.isatty():
+            print(file=out)
+
+
+async def _report_status(engine: InferenceEngine, statistics: RunStatistics, out: TextIO) -> None:
+    interactive = out.isatty()
+    ticks = 0
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL_S)
+        ticks += 1
+        line = status_line(statistics.snapshot(in_flight=engine.in_flight))
+        if interactive:
+            print(f"\r{line}\x1b[K", end="", file=out, flush=True)
+        elif ticks % 4 == 0:  # a log file gets one line every two seconds
+            print(line, file=out, flush=True)
+
+
+async def _classify_each(
+    engine: InferenceEngine, images: tuple[FlowerImage, ...], out: TextIO
+) -> None:
+    """Interactive mode without a window: one request per photo, in order, one line each."""
+    for index, image in enumerate(images):
+        event = await engine.classify([index])
+        print(describe_event(event, image), file=out)
+
+
+def describe_event(event: InferenceEvent, image: FlowerImage) -> str:
+    if not event.ok:
+        return f"{image.name}: FAILED ({event.error})"
+    labels = ", ".join(f"{c.label} {c.score:.2f}" for c in event.topk[0])
+    mark = ""
+    if image.truth is not None and event.topk[0]:
+        mark = " [correct]" if event.topk[0][0].index == image.truth else " [wrong]"
+    return f"{image.name}: {labels} ({event.latency_s * 1000:.1f} ms){mark}"
+
+
+def status_line(snapshot: StatsSnapshot) -> str:
+    window = snapshot.window
+    return (
+        f"sent {snapshot.sent}  answered {snapshot.answered}  failed {snapshot.failed}  "
+        f"in flight {snapshot.in_flight} | {snapshot.window_images_per_s:8.1f} img/s | "
+        f"p50 {_ms(window.p50)}  p90 {_ms(window.p90)}"
+    )
+
+
+def _print_summary(snapshot: StatsSnapshot, options: RunOptions, out: TextIO) -> None:
+    run = snapshot.run
+    print(
+        f"Summary: {snapshot.sent} sent, {snapshot.answered} answered, {snapshot.failed} failed "
+        f"in {snapshot.elapsed_s:.1f} s; {snapshot.run_images_per_s:.1f} images/s",
+        file=out,
+    )
+    print(
+        f"Latency: mean {_ms(run.mean)}  p50 {_ms(run.p50)}  p90 {_ms(run.p90)}  "
+        f"p95 {_ms(run.p95)}  p99 {_ms(run.p99)} (budget {options.budget_ms:g} ms)",
+        file=out,
+    )
+    for kind, count in sorted(snapshot.errors_by_kind.items()):
+        print(f"Errors: {count} {kind}", file=out)
+    if snapshot.last_error:
+        print(f"Last error: {snapshot.last_error}", file=out)
+
+
+def _write_report(options: RunOptions, snapshot: StatsSnapshot) -> None:
+    assert options.report is not None
+    options.report.parent.mkdir(parents=True, exist_ok=True)
+    if options.report.suffix.lower() == ".csv":
+        write_perf_analyzer_csv(options.report, [perf_analyzer_row(options.concurrency, snapshot)])
+    else:
+        settings = {
+            "url": options.url or "local stack",
+            "protocol": options.protocol,
+            "model": options.model,
+            "mode": options.mode,
+            "concurrency": options.concurrency,
+            "batch_size": options.batch_size,
+            "topk": options.topk,
+        }
+        write_json_report(options.report, snapshot, settings)
+
+
+def _ms(seconds: float) -> str:
+    return "   -    " if seconds != seconds else f"{seconds * 1000:6.1f} ms"
