@@ -38,6 +38,8 @@ DEFAULT_URL = "127.0.0.1:50050"
 DEFAULT_HTTP_URL = "127.0.0.1:50051"
 
 EventSink = Callable[[InferenceEvent], None]
+SendSink = Callable[[int, tuple[int, ...]], None]
+"""Told (request id, image indices) as each request goes out: a display marks those photos busy."""
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
@@ -274,6 +276,7 @@ class InferenceEngine:
         self.settings = settings
         self._images = images
         self._sinks: list[EventSink] = []
+        self._send_sinks: list[SendSink] = []
         self._transport: _Transport | None = None
         self._spec: ModelSpec | None = None
         self._cache: TensorCache | None = None
@@ -291,6 +294,10 @@ class InferenceEngine:
     # -- state -----------------------------------------------------------------------------
     def add_sink(self, sink: EventSink) -> None:
         self._sinks.append(sink)
+
+    def add_send_sink(self, sink: SendSink) -> None:
+        """Also report each request as it is sent; its InferenceEvent follows later."""
+        self._send_sinks.append(sink)
 
     @property
     def spec(self) -> ModelSpec:
@@ -437,6 +444,7 @@ class InferenceEngine:
         request_id = next(self._request_ids)
         self._sent += 1
         self._in_flight += 1
+        self._emit_sent(request_id, indices)
         sent_at = time.monotonic()
         try:
             inputs = [self._input_for(indices, cache, transport)]
@@ -511,6 +519,13 @@ class InferenceEngine:
             Classification(float(flat[i]), int(i), labels[i] if i < len(labels) else f"class {i}")
             for i in best
         )
+
+    def _emit_sent(self, request_id: int, indices: tuple[int, ...]) -> None:
+        for sink in self._send_sinks:
+            try:
+                sink(request_id, indices)
+            except Exception:
+                log.exception("send sink %r failed", sink)
 
     def _emit(self, event: InferenceEvent) -> None:
         for sink in self._sinks:
