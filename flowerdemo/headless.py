@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
 from typing import TextIO
 
 from flowerdemo.core.engine import ConnectError, InferenceEngine
@@ -19,6 +18,7 @@ from flowerdemo.core.stats import (
     write_json_report,
     write_perf_analyzer_csv,
 )
+from flowerdemo.embedded import server_url
 from flowerdemo.options import RunOptions
 
 STATUS_INTERVAL_S = 0.5
@@ -42,7 +42,7 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
         print(f"flowerdemo: skipped {problem}", file=err)
     images = image_set.images
 
-    with _local_stack_if_needed(options, err) as url:
+    with server_url(options, err) as url:
         if url is None:
             return 2
         engine = InferenceEngine(options.engine_settings(url), [image.rgb for image in images])
@@ -68,38 +68,6 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
             _write_report(options, snapshot)
             print(f"Report written to {options.report}", file=out)
         return 0 if snapshot.failed == 0 and snapshot.answered > 0 else 1
-
-
-@contextlib.contextmanager
-def _local_stack_if_needed(options: RunOptions, err: TextIO) -> Iterator[str | None]:
-    if options.url is not None:
-        yield options.url
-        return
-    try:
-        from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
-    except ImportError as error:
-        print(
-            f"flowerdemo: no --url given and the local stack cannot start ({error}). "
-            "Install it with: pip install 'flowerdemo[serve]', or pass --url HOST:PORT.",
-            file=err,
-        )
-        yield None
-        return
-    print(
-        f"Starting the local stack: {options.instances} Triton instance(s) behind Envoy...",
-        file=err,
-    )
-    stack = LocalStack(StackSettings(instances=options.instances))
-    try:
-        stack.start()
-    except StackError as error:
-        print(f"flowerdemo: the local stack did not start: {error}", file=err)
-        yield None
-        return
-    try:
-        yield stack.grpc_url if options.protocol == "grpc" else stack.http_url
-    finally:
-        stack.stop()
 
 
 async def _run_automatic(
