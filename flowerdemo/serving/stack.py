@@ -100,6 +100,8 @@ class StackSettings:
     model: Path | None = None
     labels: Path | None = None
     model_name: str = "flowers"
+    repository: Path | None = None
+    """A model repository to serve as it is, instead of one written from `model` (tests, custom models)."""
     with_envoy: bool = True
     workdir: Path | None = None
     host: str = "127.0.0.1"
@@ -370,8 +372,14 @@ class LocalStack:
                 self._envoy_binary = envoy_config.find_envoy()
             except envoy_config.EnvoyNotFound as error:
                 raise StackError(f"envoy: cannot start: {error}") from error
-        onnx_path, labels_path = resolve_model(s)
         kinds = {"gpu" if i.plan.uses_gpu else "cpu" for i in self._instances}
+        if s.repository is not None:
+            if not (Path(s.repository) / s.model_name).is_dir():
+                raise StackError(f"model: repository {s.repository} has no model folder '{s.model_name}'")
+            self._repositories = dict.fromkeys(kinds, Path(s.repository))
+            kinds = set()
+        else:
+            onnx_path, labels_path = resolve_model(s)
         for kind in sorted(kinds):
             options = RepositoryOptions(
                 model_name=s.model_name,
