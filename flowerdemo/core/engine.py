@@ -38,6 +38,9 @@ DEFAULT_URL = "127.0.0.1:50050"
 DEFAULT_HTTP_URL = "127.0.0.1:50051"
 
 EventSink = Callable[[InferenceEvent], None]
+
+FAILURE_BACKOFF_S = 0.05
+MAX_FAILURE_BACKOFF_S = 1.0
 SendSink = Callable[[int, tuple[int, ...]], None]
 """Told (request id, image indices) as each request goes out: a display marks those photos busy."""
 
@@ -588,6 +591,7 @@ class InferenceEngine:
                 self._workers[slot] = asyncio.ensure_future(self._worker(slot, stop))
 
     async def _worker(self, slot: int, stop: asyncio.Event) -> None:
+        failures_in_a_row = 0
         # A slot above the target concurrency retires after its current request.
         while not stop.is_set() and slot < self._target_concurrency:
             if next(self._auto_budget, None) is None:
@@ -596,7 +600,14 @@ class InferenceEngine:
             task = asyncio.ensure_future(self._request(next(self._auto_batches)))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
-            await asyncio.shield(task)
+            event = await asyncio.shield(task)
+            failures_in_a_row = 0 if event.ok else failures_in_a_row + 1
+            if failures_in_a_row:
+                # A dead server answers "unavailable" at once: without a pause every slot would
+                # spin, flooding the counters and the log. Each failure is still counted.
+                pause = min(FAILURE_BACKOFF_S * 2 ** (failures_in_a_row - 1), MAX_FAILURE_BACKOFF_S)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
 
     def stop(self) -> None:
         """Ask automatic mode to finish: nothing new is sent, outstanding requests still count."""
