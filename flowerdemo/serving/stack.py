@@ -151,12 +151,15 @@ def resolve_model(settings: StackSettings) -> tuple[Path, Path]:
     else:
         raise StackError(f"model: {source} is neither an .onnx file nor a folder")
     if not onnx_path.is_file():
-        raise StackError(f"model: model file {onnx_path} not found")
+        raise StackError(f"model: model file {onnx_path.resolve()} not found")
     labels = (
         Path(settings.labels) if settings.labels is not None else onnx_path.parent / ("labels.txt")
     )
     if not labels.is_file():
-        raise StackError(f"model: labels file {labels} not found")
+        hint = (
+            "" if settings.labels is not None else " (name one, or put labels.txt beside the model)"
+        )
+        raise StackError(f"model: labels file {labels.resolve()} not found{hint}")
     return onnx_path, labels
 
 
@@ -375,7 +378,9 @@ class LocalStack:
         kinds = {"gpu" if i.plan.uses_gpu else "cpu" for i in self._instances}
         if s.repository is not None:
             if not (Path(s.repository) / s.model_name).is_dir():
-                raise StackError(f"model: repository {s.repository} has no model folder '{s.model_name}'")
+                raise StackError(
+                    f"model: repository {s.repository} has no model folder '{s.model_name}'"
+                )
             self._repositories = dict.fromkeys(kinds, Path(s.repository))
             kinds = set()
         else:

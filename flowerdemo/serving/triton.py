@@ -177,7 +177,6 @@ def container_command(
     *,
     image: str,
     repository: Path,
-    model_name: str,
     http_port: int,
     grpc_port: int,
     metrics_port: int,
@@ -202,7 +201,5 @@ def container_command(
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
         "--strict-readiness=true",
-        f"--load-model={model_name}",
-        "--model-control-mode=explicit",
     ]
     return command

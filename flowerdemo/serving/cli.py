@@ -1,0 +1,570 @@
+"""`flowerdemo serve`: run the local stack in the foreground, or write its configuration.
+
+    flowerdemo serve --instances 3                      # three Tritons behind Envoy, until Ctrl-C
+    flowerdemo serve --print-config out/ --device mig   # files and commands, nothing started
+
+While the stack runs, lines typed on standard input control it: `stop K`, `kill K`, `start K`,
+`status`, `quit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import queue
+import shlex
+import signal
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from flowerdemo.serving import envoy as envoy_config
+from flowerdemo.serving.devices import DeviceError, docker_gpus_value, resolve_devices
+from flowerdemo.serving.plan import DEFAULT_BASE_PORT, DEFAULT_MODEL_NAME, DeploymentPlan
+from flowerdemo.serving.plan import make_instances as plan_instances
+from flowerdemo.serving.repository import RepositoryError, RepositoryOptions, write_repository
+from flowerdemo.serving.stack import (
+    InstanceState,
+    LocalStack,
+    StackError,
+    StackSettings,
+    resolve_model,
+)
+from flowerdemo.serving.triton import (
+    TritonNotFound,
+    container_command,
+    find_triton,
+    interpreter_bin_dir,
+    prepare_backend_dir,
+    shm_prefix,
+    triton_command,
+)
+
+TARGETS = ("local", "compose", "k8s")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n", "--instances", type=int, default=2, help="Triton instances (default: 2)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda:<i>, mig (one MIG slice per instance), mig:<gpu>:<k> or MIG-<uuid>; "
+        "several, comma-separated, are given to the instances in turn (default: cpu)",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:50050", help="Envoy's gRPC listener (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--http-listen",
+        default="127.0.0.1:50051",
+        help="Envoy's HTTP listener (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        default="127.0.0.1:50052",
+        help="Envoy's admin interface (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help="instance k serves HTTP on base+10k, gRPC base+10k+1, metrics base+10k+2 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="an .onnx file (labels.txt beside it) or a folder with one .onnx and labels.txt "
+        "(default: the bundled model)",
+    )
+    parser.add_argument("--labels", type=Path, help="labels file, one class a line")
+    parser.add_argument(
+        "--model-name", default=DEFAULT_MODEL_NAME, help="name served (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lb-policy",
+        choices=sorted(envoy_config.LB_POLICIES),
+        default="round_robin",
+        help="Envoy's load balancing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=32, help="dynamic batching limit (default: 32)"
+    )
+    parser.add_argument(
+        "--no-dynamic-batching", action="store_true", help="serve each request on its own"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads per instance (default: 1)",
+    )
+    parser.add_argument("--no-envoy", action="store_true", help="start only the Triton instances")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the repository, envoy.yaml and logs here (default: a temporary folder, "
+        "removed on exit)",
+    )
+    parser.add_argument(
+        "--print-config",
+        metavar="DIR",
+        type=Path,
+        help="write the repositories, envoy.yaml and per-instance commands to DIR; start nothing",
+    )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="local",
+        help="with --print-config: local (scripts, docker run lines), compose or k8s",
+    )
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def settings_from_args(args: argparse.Namespace) -> StackSettings:
+    return StackSettings(
+        instances=args.instances,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        admin_listen=args.admin_listen,
+        base_port=args.base_port,
+        devices=_devices(args.device),
+        model=args.model,
+        labels=args.labels,
+        model_name=args.model_name,
+        with_envoy=not args.no_envoy,
+        workdir=args.workdir,
+        lb_policy=args.lb_policy,
+        max_batch_size=args.max_batch_size,
+        dynamic_batching=not args.no_dynamic_batching,
+        intra_op_threads=args.threads,
+    )
+
+
+def run_serve(
+    args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.instances < 1:
+        print(f"flowerdemo serve: --instances must be 1 or more, got {args.instances}", file=err)
+        return 2
+    if args.print_config is not None:
+        try:
+            written = write_print_config(args, Path(args.print_config), target=args.target)
+        except (StackError, RepositoryError, DeviceError, envoy_config.EnvoyConfigError) as error:
+            print(f"flowerdemo serve: {error}", file=err)
+            return 1
+        for path in written:
+            print(path, file=out)
+        return 0
+    return _run_foreground(settings_from_args(args), out, err)
+
+
+# ----- the foreground stack --------------------------------------------------------------------
+
+
+class _Shutdown(Exception):
+    """Raised from the SIGTERM handler so the stack is stopped on the way out."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def format_states(states: list[InstanceState]) -> str:
+    lines = [f"{'instance':<12}{'state':<10}{'pid':>8}  {'gRPC':>6} {'HTTP':>6}  device   note"]
+    for state in states:
+        pid = str(state.pid) if state.pid is not None else "-"
+        lines.append(
+            f"{state.name:<12}{state.state:<10}{pid:>8}  {state.grpc_port:>6} "
+            f"{state.http_port:>6}  {state.device:<8} {state.message}"
+        )
+    return "\n".join(lines)
+
+
+def _read_commands(commands: queue.Queue[str], stream: TextIO) -> None:
+    # When standard input closes (a service manager, a pipe) the stack keeps serving.
+    for line in stream:
+        commands.put(line.strip())
+
+
+def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
+    try:
+        stack = LocalStack(settings)
+    except StackError as error:
+        print(f"flowerdemo serve: {error}", file=err)
+        return 1
+    previous_handler: Callable[[int, FrameType | None], object] | int | None = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous_handler = signal.signal(signal.SIGTERM, _raise_shutdown)
+    try:
+        print(
+            f"Starting {settings.instances} Triton instance(s)"
+            + (" behind Envoy..." if settings.with_envoy else "..."),
+            file=out,
+            flush=True,
+        )
+        try:
+            stack.start()
+        except StackError as error:
+            print(f"flowerdemo serve: {error}", file=err)
+            return 1
+        print(format_states(stack.states()), file=out)
+        print(
+            f"\nServing model '{settings.model_name}' on gRPC {stack.grpc_url}, "
+            f"HTTP {stack.http_url}."
+            + (f" Envoy admin: {stack.admin_url}" if settings.with_envoy else ""),
+            file=out,
+        )
+        print(f"Client:     flowerdemo --url {stack.grpc_url}", file=out)
+        print(f"Headless:   flowerdemo --url {stack.grpc_url} --headless --mode auto", file=out)
+        print("Commands:   stop K | kill K | start K | status | quit   (Ctrl-C stops)", file=out)
+        out.flush()
+        _control_loop(stack, out, err)
+        return 0
+    except (KeyboardInterrupt, _Shutdown):
+        return 0
+    finally:
+        if in_main_thread:
+            # A second SIGTERM must not cut the clean-up short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("Stopping the stack...", file=out, flush=True)
+        stack.stop()
+        if in_main_thread and previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _control_loop(stack: LocalStack, out: TextIO, err: TextIO) -> None:
+    commands: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=_read_commands, args=(commands, sys.stdin), daemon=True, name="serve-stdin"
+    )
+    reader.start()
+    last_shown = [(s.state, s.pid) for s in stack.states()]
+    while True:
+        try:
+            command = commands.get(timeout=1.0)
+        except queue.Empty:
+            command = ""
+        if command and _handle_command(stack, command, out, err):
+            return
+        states = stack.states()
+        shown = [(s.state, s.pid) for s in states]
+        if shown != last_shown:
+            print(format_states(states), file=out, flush=True)
+            last_shown = shown
+
+
+def _handle_command(stack: LocalStack, command: str, out: TextIO, err: TextIO) -> bool:
+    """Run one typed command; True means quit."""
+    words = command.split()
+    verb = words[0].lower()
+    if verb in ("quit", "exit", "q"):
+        return True
+    if verb == "status":
+        print(format_states(stack.states()), file=out, flush=True)
+        if stack.settings.with_envoy:
+            print(f"Envoy sees: {stack.envoy_host_health()}", file=out, flush=True)
+        return False
+    if verb in ("stop", "kill", "start") and len(words) == 2 and words[1].isdigit():
+        index = int(words[1])
+        try:
+            if verb == "start":
+                stack.start_instance(index)
+            else:
+                stack.stop_instance(index, kill=verb == "kill")
+        except (StackError, IndexError) as error:
+            print(f"{verb} {index}: {error}", file=err, flush=True)
+        return False
+    print(f"unknown command {command!r}: stop K | kill K | start K | status | quit", file=err)
+    return False
+
+
+# ----- --print-config --------------------------------------------------------------------------
+
+
+def _print_config_devices(devices: tuple[str, ...], count: int) -> tuple[str, ...]:
+    """For files, "mig" means slice k of GPU 0 for instance k (Docker's device=0:k)."""
+    expanded: list[str] = []
+    for device in devices:
+        if device == "mig":
+            expanded.extend(f"mig:0:{k}" for k in range(count))
+        else:
+            expanded.append(device)
+    return tuple(expanded)
+
+
+def _local_device(device: str) -> tuple[str, str]:
+    """(value for CUDA_VISIBLE_DEVICES-resolving, note) for the local script."""
+    if device.startswith("mig:"):
+        try:
+            return resolve_devices((device,))[0], ""
+        except DeviceError:
+            _, gpu, index = device.split(":")
+            return (
+                f"MIG-<uuid of GPU {gpu} slice {index}>",
+                f"# replace the placeholder with slice {index}'s UUID from nvidia-smi -L",
+            )
+    return device, ""
+
+
+def write_print_config(
+    args: argparse.Namespace, dest: Path, *, target: str = "local"
+) -> list[Path]:
+    """Write everything needed to run the stack elsewhere; return the files written."""
+    settings = settings_from_args(args)
+    dest = dest.resolve()
+    devices = _print_config_devices(settings.devices, settings.instances)
+    try:
+        resolve_devices(tuple(d for d in devices if not d.startswith("mig")))
+    except DeviceError as error:
+        raise StackError(str(error)) from error
+    instances = plan_instances(settings.instances, devices, settings.base_port, settings.host)
+    onnx_path, labels_path = resolve_model(settings)
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    uses_gpu = any(i.uses_gpu for i in instances)
+    base_options = RepositoryOptions(
+        model_name=settings.model_name,
+        max_batch_size=settings.max_batch_size,
+        dynamic_batching=settings.dynamic_batching,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    local_kind = "gpu" if uses_gpu else "cpu"
+    local_repo = write_repository(
+        onnx_path,
+        labels_path,
+        dest / "repository",
+        _with_kind(base_options, local_kind),
+        flavour="python",
+    )
+    # NVIDIA's containers run ONNX and TensorRT natively; each container sees one GPU or slice.
+    onnx_repo = write_repository(
+        onnx_path,
+        labels_path,
+        dest / "repository-onnx",
+        _with_kind(base_options, local_kind),
+        flavour="onnx",
+    )
+    trt_repo = write_repository(
+        onnx_path,
+        labels_path,
+        dest / "repository-tensorrt",
+        _with_kind(base_options, "gpu"),
+        flavour="tensorrt",
+        trtexec="/usr/src/tensorrt/bin/trtexec",
+    )
+    written += [local_repo.model_dir, onnx_repo.model_dir, trt_repo.model_dir]
+
+    envoy_settings = envoy_config.EnvoySettings(
+        grpc_upstreams=tuple(i.grpc_address for i in instances),
+        http_upstreams=tuple(i.http_address for i in instances),
+        listen=settings.listen,
+        http_listen=settings.http_listen,
+        admin_listen=settings.admin_listen,
+        lb_policy=settings.lb_policy,
+    )
+    envoy_path = envoy_config.write_config(envoy_settings, dest / "envoy.yaml")
+    written.append(envoy_path)
+
+    plan = DeploymentPlan(
+        model_name=settings.model_name,
+        repository=onnx_repo.root,
+        envoy_config=envoy_path,
+        instances=instances,
+        listen=settings.listen,
+        http_listen=settings.http_listen,
+        admin_listen=settings.admin_listen,
+        repository_flavour="onnx",
+    )
+    if target == "local":
+        written.append(_write_local_script(dest, plan, local_repo.root))
+        written.append(_write_container_script(dest, plan, trt_repo.build_command))
+    else:
+        written += _write_deployment(dest, plan, target)
+    return written
+
+
+def _with_kind(options: RepositoryOptions, kind: str) -> RepositoryOptions:
+    return replace(options, instance_kind=kind, gpus=(0,))
+
+
+def _write_local_script(dest: Path, plan: DeploymentPlan, repository: Path) -> Path:
+    lines = [
+        "#!/bin/sh",
+        "# The local stack by hand: the tritonserver bundled with nvidia-pytriton, then Envoy.",
+        "# Generated by 'flowerdemo serve --print-config'; 'flowerdemo serve' does the same and",
+        "# also waits for readiness and cleans up.",
+    ]
+    try:
+        install = find_triton()
+    except TritonNotFound as error:
+        lines.append(f"# tritonserver not found here ({error}); install flowerdemo[serve].")
+        install = None
+    if install is not None:
+        backend_dir = prepare_backend_dir(install, dest / "backends")
+        library_path = [sysconfig.get_config_var("LIBDIR") or "", str(install.libs_dir)]
+        lines += [
+            "# The Python-backend stub must load this interpreter's libpython and find numpy<2",
+            "# and onnxruntime through the python3 first on PATH.",
+            "export LD_LIBRARY_PATH="
+            + shlex.quote(os.pathsep.join(p for p in library_path if p))
+            + '"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"',
+            f'export PATH={shlex.quote(str(interpreter_bin_dir()))}:"$PATH"',
+            "export OMP_NUM_THREADS=1",
+        ]
+        for instance in plan.instances:
+            device, note = _local_device(instance.device)
+            tmp_dir = dest / "tmp" / instance.name
+            command = triton_command(
+                install,
+                repository=repository,
+                backend_dir=backend_dir,
+                host=instance.host,
+                http_port=instance.http_port,
+                grpc_port=instance.grpc_port,
+                metrics_port=instance.metrics_port,
+                shm_region_prefix=shm_prefix("manual", instance.index),
+                gpu=instance.uses_gpu,
+            )
+            visible = "" if device == "cpu" else device.removeprefix("cuda:")
+            lines.append(f"# {instance.name} on {instance.device}")
+            if note:
+                lines.append(note)
+            lines.append(f"mkdir -p {shlex.quote(str(tmp_dir))}")
+            lines.append(
+                f"TMPDIR={shlex.quote(str(tmp_dir))} CUDA_VISIBLE_DEVICES={shlex.quote(visible)} "
+                + shlex.join(command)
+                + " &"
+            )
+    try:
+        envoy_cmd = envoy_config.envoy_command(plan.envoy_config)
+    except envoy_config.EnvoyNotFound:
+        envoy_cmd = ["envoy", "-c", str(plan.envoy_config), "--concurrency", "1"]
+        envoy_cmd.append("--disable-hot-restart")
+    lines += [
+        "# Envoy, once the instances answer /v2/health/ready",
+        shlex.join(envoy_cmd) + " &",
+        "wait",
+    ]
+    path = dest / "run-local.sh"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def _write_container_script(
+    dest: Path, plan: DeploymentPlan, build_command: tuple[str, ...]
+) -> Path:
+    repository = plan.repository.resolve()
+    lines = [
+        "#!/bin/sh",
+        "# NVIDIA's Triton container, one per device (a MIG slice is --gpus '\"device=0:k\"'),",
+        "# host networking, the onnxruntime_onnx repository; then Envoy in front.",
+        "# Generated by 'flowerdemo serve --print-config'.",
+    ]
+    for instance in plan.instances:
+        gpus = docker_gpus_value(instance.device, instance.index)
+        command = container_command(
+            image=plan.triton_image,
+            repository=repository,
+            http_port=instance.http_port,
+            grpc_port=instance.grpc_port,
+            metrics_port=instance.metrics_port,
+            docker_gpus=gpus,
+            name=f"flowerdemo-{instance.name}",
+        )
+        lines += [f"# {instance.name} on {instance.device}", shlex.join(command) + " &"]
+    envoy_path = plan.envoy_config.resolve()
+    lines += [
+        "# Envoy in front (same envoy.yaml: the instances listen on this host's loopback)",
+        shlex.join(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--name",
+                "flowerdemo-envoy",
+                "--network",
+                "host",
+                "-v",
+                f"{envoy_path}:/etc/envoy/envoy.yaml:ro",
+                plan.envoy_image,
+                "envoy",
+                "-c",
+                "/etc/envoy/envoy.yaml",
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+            ]
+        )
+        + " &",
+        "wait",
+        "",
+        "# For TensorRT instead of ONNX Runtime: build the engine once per GPU model, inside the",
+        "# TensorRT container of the same release, then mount repository-tensorrt instead:",
+    ]
+    if build_command:
+        trt_root = (dest / "repository-tensorrt").resolve()
+        inside = [part.replace(str(trt_root), "/models") for part in build_command]
+        docker_build = [
+            "docker",
+            "run",
+            "--rm",
+            "--gpus",
+            '"device=0"',
+            "-v",
+            f"{trt_root}:/models",
+            plan.triton_image.replace("tritonserver", "tensorrt"),
+            *inside,
+        ]
+        lines.append("# " + shlex.join(docker_build))
+    path = dest / "run-containers.sh"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def _write_deployment(dest: Path, plan: DeploymentPlan, target: str) -> list[Path]:
+    if importlib.util.find_spec("flowerdemo.serving.deploy") is None:
+        raise StackError(
+            f"--target {target}: the compose/Kubernetes writer (flowerdemo.serving.deploy) is "
+            "not part of this installation"
+        )
+    deploy = importlib.import_module("flowerdemo.serving.deploy")
+    writer = deploy.write_compose if target == "compose" else deploy.write_kubernetes
+    result = writer(dest, plan)
+    if isinstance(result, (list, tuple)):
+        return [Path(p) for p in result]
+    if result is not None:
+        return [Path(result)]
+    return [dest]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="flowerdemo serve",
+        description="Run N Triton instances behind Envoy on this machine, or write their "
+        "configuration.",
+    )
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
