@@ -16,6 +16,7 @@ What differs from the local stack, and why:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -249,19 +250,35 @@ def _labels(component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": K8S_APP, "app.kubernetes.io/component": component}
 
 
+def pod_accelerator(plan: DeploymentPlan, mig_profile: str = DEFAULT_MIG_PROFILE) -> str | None:
+    """The extended resource a Triton pod requests for the plan's devices, None for the CPU."""
+    if not re.fullmatch(r"[1-7]g\.[0-9]+gb(\+me)?", mig_profile):
+        raise DeploymentError(
+            f"MIG profile {mig_profile!r}: expected a profile name such as 1g.10gb"
+        )
+    devices = plan.devices
+    if any(device.lower().startswith("mig") for device in devices):
+        return f"nvidia.com/mig-{mig_profile}"
+    if any(device != "cpu" for device in devices):
+        return "nvidia.com/gpu"
+    return None
+
+
 def kubernetes_documents(
     plan: DeploymentPlan,
     *,
-    mig_profile: str | None = DEFAULT_MIG_PROFILE,
+    mig_profile: str = DEFAULT_MIG_PROFILE,
     max_replicas: int | None = None,
     queue_time_target_us: int = DEFAULT_QUEUE_TIME_TARGET_US,
 ) -> dict[str, list[dict[str, Any]]]:
     """File name -> the Kubernetes objects in it.
 
-    `mig_profile` is the MIG profile each Triton pod requests (the NVIDIA device plugin's
-    "mixed" strategy names it `nvidia.com/mig-<profile>`); None runs the pods on CPUs. The
-    Deployment starts with one pod per planned instance; the autoscaler may grow it to
-    `max_replicas` (default: twice that).
+    What each Triton pod requests follows the plan's devices: MIG slices -> one
+    `nvidia.com/mig-<mig_profile>` (the NVIDIA device plugin's "mixed" strategy names), whole
+    GPUs -> one `nvidia.com/gpu`, the CPU -> no accelerator. The scheduler picks the actual
+    slice, so the plan's UUIDs or slice numbers do not carry over. The Deployment starts with
+    one pod per planned instance; the autoscaler may grow it to `max_replicas` (default: twice
+    that).
     """
     _check_plan(plan)
     replicas = len(plan.instances)
@@ -276,8 +293,9 @@ def kubernetes_documents(
     triton_labels = _labels("triton")
     envoy_labels = _labels("envoy")
     resources: dict[str, Any] = {}
-    if mig_profile is not None:
-        resources = {"limits": {f"nvidia.com/mig-{mig_profile}": 1}}
+    accelerator = pod_accelerator(plan, mig_profile)
+    if accelerator is not None:
+        resources = {"limits": {accelerator: 1}}
 
     def http_probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
         return {
@@ -502,7 +520,7 @@ def write_kubernetes(
     dest: Path,
     plan: DeploymentPlan,
     *,
-    mig_profile: str | None = DEFAULT_MIG_PROFILE,
+    mig_profile: str = DEFAULT_MIG_PROFILE,
     max_replicas: int | None = None,
     queue_time_target_us: int = DEFAULT_QUEUE_TIME_TARGET_US,
 ) -> list[Path]:
@@ -518,10 +536,11 @@ def write_kubernetes(
         max_replicas=max_replicas,
         queue_time_target_us=queue_time_target_us,
     )
-    device = f"one nvidia.com/mig-{mig_profile} slice" if mig_profile else "CPU only"
+    accelerator = pod_accelerator(plan, mig_profile)
+    device = f"one {accelerator} each" if accelerator else "CPU only"
     written = []
     for name, objects in documents.items():
-        header = f"flowerdemo on Kubernetes ({name}): Triton pods ({device} each) behind Envoy."
+        header = f"flowerdemo on Kubernetes ({name}): Triton pods ({device}) behind Envoy."
         written.append(_write(dest / name, dump_yaml(objects, header)))
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
