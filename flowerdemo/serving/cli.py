@@ -230,6 +230,7 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
             + (f" Envoy admin: {stack.admin_url}" if settings.with_envoy else ""),
             file=out,
         )
+        print(f"Work folder: {stack.workdir} (repository, envoy.yaml, logs)", file=out)
         print(f"Client:     flowerdemo --url {stack.grpc_url}", file=out)
         print(f"Headless:   flowerdemo --url {stack.grpc_url} --headless --mode auto", file=out)
         print("Commands:   stop K | kill K | start K | status | quit   (Ctrl-C stops)", file=out)

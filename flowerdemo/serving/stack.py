@@ -302,6 +302,10 @@ class LocalStack:
     def instance_http_url(self, index: int) -> str:
         return self._instance(index).plan.http_address
 
+    def instance_shm_prefix(self, index: int) -> str:
+        """The name prefix of instance `index`'s shared-memory regions under /dev/shm."""
+        return shm_prefix(self._owner_token, index)
+
     def instance_log(self, index: int) -> Path | None:
         return self._instance(index).log_path
 
@@ -440,7 +444,7 @@ class LocalStack:
         instance.tmp_dir = instance_dir / "tmp"
         instance.tmp_dir.mkdir(parents=True, exist_ok=True)
         instance.log_path = instance_dir / "tritonserver.log"
-        instance.shm_prefix = shm_prefix(self._owner_token, plan.index)
+        instance.shm_prefix = self.instance_shm_prefix(plan.index)
         repository = self._repositories["gpu" if plan.uses_gpu else "cpu"]
         command = triton_command(
             self._install,

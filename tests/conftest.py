@@ -1,0 +1,160 @@
+"""Fixtures shared by the whole suite.
+
+Ports
+    `free_port()` and `free_port_block(span)` give ports on 127.0.0.1 that are free when asked,
+    chosen at random at run time (below Linux's ephemeral range, so outgoing connections do not
+    take them), so parallel test runs on one machine do not collide.
+
+Models and the local stack
+    `served_model_dir` is the folder (`*.onnx` + `labels.txt`) the stack tests serve: the bundled
+    model when assets/model/flowers.onnx exists, else `standin_model_dir`.
+    `stack_settings(...)` builds StackSettings on free ports for that model.
+    `local_stack` is one real stack (2 Triton instances behind Envoy on 127.0.0.1) shared by the
+    whole session; tests that kill or restart instances start their own instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flowerdemo.resources import bundled_model_dir, labels_file
+from flowerdemo.serving.stack import LocalStack, StackSettings
+
+PORT_RANGE = (20000, 32000)
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+NUM_CLASSES = 102
+
+_port_random = random.Random(os.getpid() ^ time.time_ns())
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def find_free_port_block(span: int) -> int:
+    """The first of `span` consecutive ports on 127.0.0.1, all free now."""
+    low, high = PORT_RANGE
+    for _ in range(500):
+        first = _port_random.randrange(low, high - span)
+        if all(_bindable(port) for port in range(first, first + span)):
+            return first
+    raise RuntimeError(f"no {span} consecutive free ports in {low}-{high}")
+
+
+@pytest.fixture(scope="session")
+def free_port_block() -> Callable[[int], int]:
+    """`free_port_block(span)`: the first of `span` consecutive free ports."""
+    return find_free_port_block
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """`free_port()`: one free port."""
+    return lambda: find_free_port_block(1)
+
+
+def write_standin_model(folder: Path, *, classes: int = NUM_CLASSES, seed: int = 0) -> Path:
+    """A tiny ONNX classifier with the bundled model's contract, and labels.txt beside it.
+
+    Input `input` float32 [N, 3, 224, 224], output `probabilities` float32 [N, classes]
+    (softmax of a fixed linear map of the per-channel means): cheap enough for CPU tests.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = (rng.normal(size=(3, classes)) * 3).astype(np.float32)
+    bias = rng.normal(size=(classes,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", [INPUT_NAME], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["means"], axis=1),
+            helper.make_node("Gemm", ["means", "weights", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=1),
+        ],
+        "flowers_standin",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any ONNX Runtime from 1.14 on
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "flowers.onnx"
+    onnx.save(model, str(path))
+    labels = labels_file().read_text(encoding="utf-8").splitlines()[:classes]
+    labels += [f"class {k}" for k in range(len(labels), classes)]
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def standin_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for the bundled model, for development only: it classifies nothing useful,
+    it only has the same input/output contract (see write_standin_model)."""
+    folder = tmp_path_factory.mktemp("standin-model")
+    write_standin_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(standin_model_dir: Path) -> Path:
+    """The bundled model once it exists; until then the development stand-in."""
+    bundled = bundled_model_dir()
+    if (bundled / "flowers.onnx").is_file() and (bundled / "labels.txt").is_file():
+        return bundled
+    return standin_model_dir
+
+
+@pytest.fixture(scope="session")
+def stack_settings(served_model_dir: Path) -> Callable[..., StackSettings]:
+    """`stack_settings(instances=2, **overrides)`: StackSettings on free ports for the served
+    model (instance ports and Envoy's three listeners each picked at run time)."""
+
+    def make(instances: int = 2, **overrides: Any) -> StackSettings:
+        base_port = find_free_port_block(10 * (instances - 1) + 3)
+        envoy_first = find_free_port_block(3)
+        values: dict[str, Any] = {
+            "instances": instances,
+            "base_port": base_port,
+            "listen": f"127.0.0.1:{envoy_first}",
+            "http_listen": f"127.0.0.1:{envoy_first + 1}",
+            "admin_listen": f"127.0.0.1:{envoy_first + 2}",
+            "model": served_model_dir,
+        }
+        values.update(overrides)
+        return StackSettings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_settings: Callable[..., StackSettings]) -> Iterator[LocalStack]:
+    """A started stack of 2 Triton instances behind Envoy, shared by the session.
+
+    Do not stop or kill its instances (start a stack of your own for that); its gRPC address is
+    `local_stack.grpc_url`, HTTP `local_stack.http_url`.
+    """
+    stack = LocalStack(stack_settings(2))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
