@@ -8,10 +8,13 @@ whatever had been started.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,3 +249,47 @@ def test_bad_settings_are_refused_before_anything_starts(stack_settings):
         LocalStack(stack_settings(1, listen="127.0.0.1"))
     with pytest.raises(StackError, match="base port 65530: instance ports would run to 65552"):
         LocalStack(stack_settings(3, base_port=65530))
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from flowerdemo.serving.stack import LocalStack, StackSettings
+values = json.loads(sys.argv[1])
+values["model"] = Path(values["model"])
+stack = LocalStack(StackSettings(**values))
+stack.start()
+print(json.dumps({
+    "groups": [s.pid for s in stack.states()] + [stack.envoy_pid()],
+    "workdir": str(stack.workdir),
+    "prefix": stack.instance_shm_prefix(0),
+}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_children_are_cleaned_up_when_the_owner_is_killed(stack_settings):
+    settings = stack_settings(1)
+    values = {
+        "instances": 1,
+        "base_port": settings.base_port,
+        "listen": settings.listen,
+        "http_listen": settings.http_listen,
+        "admin_listen": settings.admin_listen,
+        "model": str(settings.model),
+    }
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, json.dumps(values)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        started = json.loads(owner.stdout.readline())
+    finally:
+        # No stop(), no atexit: as when a test run is killed.
+        owner.kill()
+        owner.wait()
+    assert all(_group_gone(pgid) for pgid in started["groups"])
+    assert wait_until(lambda: not Path(started["workdir"]).exists(), timeout=5)
+    assert not list(SHM.glob(f"{started['prefix']}*"))

@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -265,6 +266,7 @@ class LocalStack:
         self._envoy_config_path: Path | None = None
         self._started = False
         self._atexit_registered = False
+        self._watchdog: subprocess.Popen[str] | None = None
         # Names this stack's shared-memory regions apart from any other stack's, even another
         # one in this same process.
         self._owner_token = f"{os.getpid()}{secrets.token_hex(3)}"
@@ -352,6 +354,7 @@ class LocalStack:
                 self._atexit_registered = True
             try:
                 self._prepare()
+                self._start_watchdog()
                 self._check_ports()
                 for instance in self._instances:
                     self._launch(instance)
@@ -409,6 +412,45 @@ class LocalStack:
         # Once, before any instance runs: replacing this library under a running Triton
         # crashes it.
         self._backend_dir = prepare_backend_dir(self._install, self._workdir / "backends")
+
+    def _start_watchdog(self) -> None:
+        """A helper process that ends our children if this process dies without stop()
+        (killed by a signal, a crashed GUI): see serving.watchdog."""
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-m", "flowerdemo.serving.watchdog"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise StackError(f"stack: cannot start its watchdog: {error}") from error
+        if self._owns_workdir and self._workdir is not None:
+            self._tell_watchdog(f"path {self._workdir}")
+
+    def _tell_watchdog(self, line: str) -> None:
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            watchdog.stdin.write(line + "\n")
+            watchdog.stdin.flush()
+
+    def _release_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if watchdog.stdin is not None:
+                watchdog.stdin.write("release\n")
+                watchdog.stdin.close()
+        try:
+            watchdog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
     def _check_ports(self) -> None:
         s = self.settings
@@ -475,6 +517,8 @@ class LocalStack:
             instance.state = "failed"
             instance.message = f"cannot run {command[0]}: {error}"
             raise StackError(f"{plan.name}: {instance.message}") from error
+        self._tell_watchdog(f"group {instance.process.pid}")
+        self._tell_watchdog(f"shm {instance.shm_prefix}")
         instance.state = "starting"
         instance.message = ""
         instance.expected_exit = False
@@ -556,6 +600,7 @@ class LocalStack:
             )
         except OSError as error:
             raise StackError(f"envoy: cannot run {command[0]}: {error}") from error
+        self._tell_watchdog(f"group {self._envoy.pid}")
         deadline = time.monotonic() + 15.0
         while True:
             code = self._envoy.poll()
@@ -701,6 +746,7 @@ class LocalStack:
             _signal_group(process, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
+            self._tell_watchdog(f"forget {process.pid}")
         if instance.log_file is not None:
             instance.log_file.close()
             instance.log_file = None
@@ -720,6 +766,7 @@ class LocalStack:
                 if self._envoy.poll() is None:
                     self._envoy.terminate()
                 self._wait_exit(self._envoy, 5.0)
+                self._tell_watchdog(f"forget {self._envoy.pid}")
                 self._envoy = None
             if self._envoy_log is not None:
                 self._envoy_log.close()
@@ -744,6 +791,7 @@ class LocalStack:
                     shutil.rmtree(instance.tmp_dir, ignore_errors=True)
             if self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
+            self._release_watchdog()
             self._started = False
             if self._atexit_registered:
                 atexit.unregister(self.stop)
