@@ -23,7 +23,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from flowerdemo.serving.stack import LocalStack, StackError, port_in_use, wait_until
+from flowerdemo.serving.stack import (
+    LocalStack,
+    StackError,
+    port_in_use,
+    summarize_triton_log,
+    wait_until,
+)
 
 pytestmark = pytest.mark.stack
 SHM = Path("/dev/shm")
@@ -293,3 +299,25 @@ def test_children_are_cleaned_up_when_the_owner_is_killed(stack_settings):
     assert all(_group_gone(pgid) for pgid in started["groups"])
     assert wait_until(lambda: not Path(started["workdir"]).exists(), timeout=5)
     assert not list(SHM.glob(f"{started['prefix']}*"))
+
+
+def test_the_cause_is_read_from_a_real_triton_log():
+    # Lines as tritonserver 2.51 wrote them when its gRPC port was taken between our check and
+    # its bind: the CPU-only noise is skipped and the failure itself is reported.
+    log = "\n".join(
+        [
+            'W1125 11:33:59.860125 9073 pinned_memory_manager.cc:273] "Unable to allocate pinned'
+            " system memory, pinned memory pool will not be available: CUDA driver version is"
+            ' insufficient for CUDA runtime version"',
+            'E1125 11:33:59.860299 9073 server.cc:241] "CudaDriverHelper has not been'
+            ' initialized."',
+            "E1125 11:34:01.219941825    9073 chttp2_server.cc:1060]                UNKNOWN:No"
+            " address added out of total 1 resolved for '127.0.0.1:18011' {created_time:...}",
+            'E1125 11:34:01.223432 9073 main.cc:245] "failed to start GRPC service: Unavailable'
+            " - Socket '127.0.0.1:18011' already in use \"",
+        ]
+    )
+    assert summarize_triton_log(log) == (
+        "failed to start GRPC service: Unavailable - Socket '127.0.0.1:18011' already in use"
+    )
+    assert summarize_triton_log("I1125 all fine\n") == ""
