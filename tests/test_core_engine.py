@@ -96,33 +96,6 @@ LABELS = ("zero", "one", "two", "three", "four")
 
 
 @pytest.fixture(scope="module")
-def free_port_block():
-    """A function giving the first of `n` consecutive free ports on 127.0.0.1."""
-    import socket
-
-    def find(n: int) -> int:
-        for _ in range(200):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                first = probe.getsockname()[1]
-            if first + 10 * n > 65000:
-                continue
-            ok = True
-            for port in range(first, first + n):
-                with socket.socket() as s:
-                    try:
-                        s.bind(("127.0.0.1", port))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return first
-        raise RuntimeError("no block of free ports")
-
-    return find
-
-
-@pytest.fixture(scope="module")
 def validation_server(tmp_path_factory, free_port_block):
     repository = tmp_path_factory.mktemp("validation-repository")
     for name, config in MODELS.items():
