@@ -12,10 +12,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,42 +40,6 @@ APP_ID = "org.flowerdemo.FlowerDemo"
 ICON_SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled model where it exists; else a small real ONNX classifier with the bundled
-    model's contract (input [N,3,224,224] FP32, 102-way softmax), so the generated deployment
-    files are written by the real command from a real model either way."""
-    from flowerdemo.resources import bundled_model_dir, labels_file
-
-    bundled = bundled_model_dir()
-    if (bundled / "flowers.onnx").is_file() and (bundled / "labels.txt").is_file():
-        return bundled
-    onnx = pytest.importorskip("onnx")
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = np.random.default_rng(7).standard_normal((3, 102)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "tiny_flowers",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 102])],
-        [numpy_helper.from_array(weights, "weights")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    folder = tmp_path_factory.mktemp("tiny-model")
-    onnx.save(model, str(folder / "flowers.onnx"))
-    shutil.copyfile(labels_file(), folder / "labels.txt")
-    return folder
 
 
 def require_tool(name: str, package: str) -> str:
@@ -331,41 +295,53 @@ def test_install_script_names_a_bad_argument() -> None:
     assert "--venv needs a folder" in result.stderr
 
 
-def _free_port_block(count: int) -> int:
-    """A base port with `count` consecutive ports free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                held = socket.socket()
-                sockets.append(held)
-                held.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for held in sockets:
-                held.close()
-    raise RuntimeError("no block of free ports found")
+@pytest.fixture
+def stack_url(local_stack: Any) -> str:
+    """The gRPC URL of the session's real local stack (Triton instances behind Envoy)."""
+    return str(local_stack.grpc_url)
 
 
-@pytest.mark.stack
-@pytest.mark.gui
-def test_booth_install_script_then_the_app_draws_on_xcb(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    """What the container does, without a Docker engine: the install script (apt part as root,
-    pip part into a fresh virtualenv), then the installed client under Xvfb on Qt's xcb
-    platform against a real local stack, and a screenshot that must not be blank."""
+def _require_window() -> None:
     require_tool("Xvfb", "apt xvfb")
     require_tool("import", "apt imagemagick")
     if find_module("flowerdemo.ui.app") is None:
         pytest.skip("the window (flowerdemo.ui.app) is not written yet")
+
+
+def _xvfb_smoke(app: Path, url: str, screenshot: Path) -> None:
+    smoke = subprocess.run(
+        [
+            sys.executable,
+            str(PACKAGING / "xvfb_smoke.py"),
+            "--screenshot",
+            str(screenshot),
+            "--wait",
+            "10",
+            "--",
+            str(app),
+            "--url",
+            url,
+            "--mode",
+            "auto",
+            "--fullscreen",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    keep = os.environ.get("FLOWERDEMO_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(screenshot, Path(keep) / screenshot.name)
+
+
+@pytest.mark.stack
+@pytest.mark.gui
+def test_booth_install_script_then_the_app_draws_on_xcb(tmp_path: Path, stack_url: str) -> None:
+    """What the container does, without a Docker engine: the install script (apt part as root,
+    pip part into a fresh virtualenv), then the installed client under Xvfb on Qt's xcb
+    platform against a real local stack, and a screenshot that must not be blank."""
+    _require_window()
     command = ["bash", str(DOCKER / "install-client-deps.sh"), "--venv", str(tmp_path / "booth")]
     if os.geteuid() != 0:
         if IN_CI:
@@ -379,47 +355,47 @@ def test_booth_install_script_then_the_app_draws_on_xcb(
     if "--no-apt" not in command:
         assert "already installed" in again.stdout  # idempotent: nothing left to install
 
-    from flowerdemo.serving.stack import LocalStack, StackSettings
+    _xvfb_smoke(tmp_path / "booth" / "bin" / "flowerdemo", stack_url, tmp_path / "booth-xcb.png")
 
-    base = _free_port_block(6)
-    settings = StackSettings(
-        instances=1,
-        base_port=base,
-        listen=f"127.0.0.1:{base + 3}",
-        http_listen=f"127.0.0.1:{base + 4}",
-        admin_listen=f"127.0.0.1:{base + 5}",
-        model=tiny_model_dir,
+
+# The frozen build takes about a minute of both cores: CI always runs it, elsewhere on request.
+FROZEN_BUILD_WANTED = IN_CI or os.environ.get("FLOWERDEMO_FROZEN_BUILD") == "1"
+
+
+@pytest.fixture(scope="module")
+def frozen_app() -> Path:
+    if not FROZEN_BUILD_WANTED:
+        pytest.skip("set FLOWERDEMO_FROZEN_BUILD=1 to build the frozen client (CI always does)")
+    build = subprocess.run(
+        ["bash", str(PACKAGING / "pyinstaller" / "build.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    stack = LocalStack(settings)
-    stack.start()
-    try:
-        screenshot = tmp_path / "booth-xcb.png"
-        smoke = subprocess.run(
-            [
-                sys.executable,
-                str(PACKAGING / "xvfb_smoke.py"),
-                "--screenshot",
-                str(screenshot),
-                "--wait",
-                "10",
-                "--",
-                str(tmp_path / "booth" / "bin" / "flowerdemo"),
-                "--url",
-                settings.listen,
-                "--mode",
-                "auto",
-                "--fullscreen",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        stack.stop()
-    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
-    keep = os.environ.get("FLOWERDEMO_SCREENSHOT_DIR")
-    if keep:
-        shutil.copy(screenshot, Path(keep) / screenshot.name)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    print(build.stdout.strip().splitlines()[-1])
+    app = REPO / "dist" / "flowerdemo" / "flowerdemo"
+    assert app.is_file()
+    return app
+
+
+@pytest.mark.stack
+def test_frozen_build_classifies_through_envoy_headless(frozen_app: Path, stack_url: str) -> None:
+    result = run(
+        [str(frozen_app), "--url", stack_url, "--headless", "--mode", "auto", "--duration", "2"]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = re.search(r"Summary: (\d+) sent, (\d+) answered, (\d+) failed", result.stdout)
+    assert summary is not None, result.stdout
+    sent, answered, failed = map(int, summary.groups())
+    assert answered > 0 and failed == 0 and answered == sent
+
+
+@pytest.mark.stack
+@pytest.mark.gui
+def test_frozen_build_draws_on_xcb(frozen_app: Path, stack_url: str, tmp_path: Path) -> None:
+    _require_window()
+    _xvfb_smoke(frozen_app, stack_url, tmp_path / "frozen-xcb.png")
 
 
 # ----- MIG setup ---------------------------------------------------------------------------------
@@ -527,12 +503,12 @@ def _print_config(dest: Path, model: Path, target: str, *extra: str) -> list[Pat
 
 
 def test_print_config_compose_for_seven_mig_slices_validates(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, served_model_dir: Path
 ) -> None:
     dest = tmp_path / "compose"
     yaml_files = _print_config(
         dest,
-        tiny_model_dir,
+        served_model_dir,
         "compose",
         "--device",
         "mig",
@@ -585,10 +561,10 @@ def test_print_config_compose_for_seven_mig_slices_validates(
 
 
 def test_print_config_k8s_validates_and_scales_on_queue_time(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, served_model_dir: Path
 ) -> None:
     dest = tmp_path / "k8s"
-    yaml_files = _print_config(dest, tiny_model_dir, "k8s", "--device", "mig", "--instances", "7")
+    yaml_files = _print_config(dest, served_model_dir, "k8s", "--device", "mig", "--instances", "7")
     objects = {}
     for path in yaml_files:
         for document in yaml.safe_load_all(path.read_text()):
