@@ -29,7 +29,7 @@ fi
 
 python3 -m flowerdemo.training.train --arch lite0 --pack "$carry" --out "$out" \
     --imagenet-weights "$carry/lite0_imagenet_fp16.pt" --eval-splits "$eval_splits" \
-    --search-lr 5e-4,1e-3,2e-3,4e-3 --search-budget-s 30 \
+    --search-lr 5e-4,1e-3,2e-3,4e-3 --search-budget-s 45 \
     --final-splits train,val --budget-s 60
 
 # What is left, less 45 s for loading, evaluating and saving; at most 400 s of training.
