@@ -62,8 +62,8 @@ def find_module(module: str) -> object:
         return None
 
 
-def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 # ----- desktop integration ---------------------------------------------------------------------

@@ -43,7 +43,7 @@ def render(source: Path, hicolor: Path, sizes: tuple[int, ...]) -> list[Path]:
         painter.end()
         target = hicolor / f"{size}x{size}" / "apps" / f"{APP_ID}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not image.save(str(target), "PNG"):
+        if not image.save(str(target)):
             raise SystemExit(f"{target}: Qt could not write the PNG")
         written.append(target)
     del app
