@@ -1,0 +1,299 @@
+"""The live panel: counters, throughput and latency charts with the budget, server information.
+
+The window's refresh timer hands it a StatsSnapshot ten or more times a second; the panel keeps
+the last `HISTORY_S` seconds of figures and redraws its charts from them. Over budget (the
+sliding window's p99 above the budget) turns the badge and the latency chart red.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QLabel,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from flowerdemo.core.stats import LatencySummary, StatsSnapshot
+
+HISTORY_S = 60.0
+MIN_SAMPLES_FOR_VERDICT = 3
+"""Fewer answers than this in the window say nothing about p99: no budget verdict."""
+
+OK_COLOR = "#2e7d32"
+OVER_COLOR = "#c62828"
+IDLE_COLOR = "#455a64"
+CHART_BACKGROUND = "#15191d"
+OVER_BUDGET_BACKGROUND = "#4a1010"
+CURVES = (("p50", "#81c784"), ("p90", "#ffd54f"), ("p99", "#ff8a65"))
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the info box shows about the server side."""
+
+    url: str
+    protocol: str
+    model: str
+    local_instances: int | None = None
+    """Triton instances of the embedded local stack; None when connected elsewhere."""
+
+
+class _Figure(QFrame):
+    """A caption over a large number."""
+
+    def __init__(self, caption: str, parent: QWidget | None = None, scale: float = 1.8) -> None:
+        super().__init__(parent)
+        self.setObjectName("figure")
+        self.caption = QLabel(caption, self)
+        self.value = QLabel("–", self)
+        font = QFont(self.value.font())
+        font.setPointSizeF(font.pointSizeF() * scale)
+        font.setBold(True)
+        self.value.setFont(font)
+        self.value.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.value.setMinimumWidth(self.value.fontMetrics().horizontalAdvance("00000"))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 4, 8, 4)
+        layout.setSpacing(0)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.value)
+
+        self._color: str | None = None
+
+    def set(self, text: str, color: str | None = None) -> None:
+        self.value.setText(text)
+        # A style sheet change re-polishes the widget: only when the colour really changes.
+        if color != self._color:
+            self._color = color
+            self.value.setStyleSheet(f"color: {color};" if color else "")
+
+
+class LivePanel(QWidget):
+    """Throughput and latency over time, the budget, counters and server information."""
+
+    def __init__(self, budget_ms: float = 50.0, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._budget_ms = budget_ms
+        self._over_budget = False
+        self._last_window: LatencySummary | None = None
+        self._verdict: bool | str | None = "unset"
+        self._history: deque[tuple[float, float, float, float, float]] = deque()
+        self._refresh_times: deque[float] = deque(maxlen=64)
+        self.refresh_count = 0
+
+        self.badge = QLabel(self)
+        self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.badge.setMinimumHeight(48)
+        badge_font = QFont(self.badge.font())
+        badge_font.setPointSizeF(badge_font.pointSizeF() * 1.6)
+        badge_font.setBold(True)
+        self.badge.setFont(badge_font)
+        self.badge.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+        self.throughput = _Figure("images/s", self, scale=2.2)
+        self.p50 = _Figure("p50 ms", self)
+        self.p90 = _Figure("p90 ms", self)
+        self.p99 = _Figure("p99 ms", self)
+        self.sent = _Figure("sent", self, scale=1.4)
+        self.answered = _Figure("answered", self, scale=1.4)
+        self.failed = _Figure("failed", self, scale=1.4)
+        self.in_flight = _Figure("in flight", self, scale=1.4)
+        figures = QGridLayout()
+        figures.setSpacing(4)
+        figures.addWidget(self.throughput, 0, 0)
+        figures.addWidget(self.p50, 0, 1)
+        figures.addWidget(self.p90, 0, 2)
+        figures.addWidget(self.p99, 0, 3)
+        figures.addWidget(self.sent, 1, 0)
+        figures.addWidget(self.answered, 1, 1)
+        figures.addWidget(self.failed, 1, 2)
+        figures.addWidget(self.in_flight, 1, 3)
+
+        self.throughput_plot = self._make_plot("Throughput (images/s)")
+        self.throughput_curve = self.throughput_plot.plot(
+            pen=pg.mkPen("#4fc3f7", width=2),
+            fillLevel=0,
+            brush=pg.mkBrush(79, 195, 247, 50),
+            connect="finite",
+        )
+        self.latency_plot = self._make_plot("Latency percentiles (ms)")
+        self.latency_plot.addLegend(offset=(8, 4), labelTextColor="#dddddd")
+        self.latency_curves = {
+            name: self.latency_plot.plot(pen=pg.mkPen(color, width=2), name=name, connect="finite")
+            for name, color in CURVES
+        }
+        self.budget_line = pg.InfiniteLine(
+            pos=budget_ms,
+            angle=0,
+            movable=False,
+            pen=pg.mkPen("#ef5350", width=2, style=Qt.PenStyle.DashLine),
+            label="budget {value:.0f} ms",
+            labelOpts={"position": 0.08, "color": "#ef9a9a", "anchors": [(0, 1), (0, 1)]},
+        )
+        self.latency_plot.addItem(self.budget_line, ignoreBounds=True)
+
+        self.server_label = QLabel("Not connected", self)
+        self.server_label.setWordWrap(True)
+        self.server_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.server_label.setObjectName("serverInfo")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.badge)
+        layout.addLayout(figures)
+        layout.addWidget(self.latency_plot, 3)
+        layout.addWidget(self.throughput_plot, 2)
+        layout.addWidget(self.server_label)
+        self._show_verdict(None)
+
+    @staticmethod
+    def _make_plot(title: str) -> pg.PlotWidget:
+        plot = pg.PlotWidget(background=CHART_BACKGROUND)
+        plot.setTitle(title, color="#e0e0e0")
+        plot.showGrid(x=True, y=True, alpha=0.25)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        plot.setMenuEnabled(False)
+        plot.setXRange(-HISTORY_S, 0, padding=0)
+        plot.setLabel("bottom", "seconds ago")
+        plot.setMinimumHeight(120)
+        for axis in ("left", "bottom"):
+            plot.getAxis(axis).setTextPen("#cfcfcf")
+        return plot
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def budget_ms(self) -> float:
+        return self._budget_ms
+
+    @property
+    def over_budget(self) -> bool:
+        return self._over_budget
+
+    def refresh_rate_hz(self) -> float:
+        """How often the panel was actually redrawn, over its last 64 refreshes."""
+        if len(self._refresh_times) < 2:
+            return 0.0
+        span = self._refresh_times[-1] - self._refresh_times[0]
+        return (len(self._refresh_times) - 1) / span if span > 0 else 0.0
+
+    def set_budget(self, budget_ms: float) -> None:
+        self._budget_ms = budget_ms
+        self.budget_line.setValue(budget_ms)
+        # The verdict follows at once, not at the next refresh.
+        self._judge(self._last_window)
+
+    def set_server_info(self, info: ServerInfo | None, details: str = "") -> None:
+        if info is None:
+            self.server_label.setText(details or "Not connected")
+            return
+        where = (
+            f"local stack, {info.local_instances} Triton instance(s) behind Envoy"
+            if info.local_instances is not None
+            else "remote server"
+        )
+        text = f"<b>{info.protocol}</b> {info.url} ({where})<br>model {info.model}"
+        if details:
+            text += f"<br>{details}"
+        self.server_label.setText(text)
+
+    def clear_history(self) -> None:
+        self._history.clear()
+
+    # -- refresh ------------------------------------------------------------------------
+    def show_snapshot(self, snapshot: StatsSnapshot, now: float | None = None) -> None:
+        """Update every figure and chart from one snapshot (the refresh timer calls this)."""
+        now = time.monotonic() if now is None else now
+        self.refresh_count += 1
+        self._refresh_times.append(now)
+        window = snapshot.window
+        have_window = window.count > 0
+        ms = (lambda s: s * 1000.0) if have_window else (lambda _s: math.nan)
+        self._history.append(
+            (
+                now,
+                snapshot.window_images_per_s,
+                ms(window.p50),
+                ms(window.p90),
+                ms(window.p99),
+            )
+        )
+        while self._history and self._history[0][0] < now - HISTORY_S:
+            self._history.popleft()
+
+        verdict = self._judge(window)
+        self.throughput.set(f"{snapshot.window_images_per_s:,.0f}")
+        for figure, value in (
+            (self.p50, window.p50),
+            (self.p90, window.p90),
+            (self.p99, window.p99),
+        ):
+            figure.set(_ms_text(value) if have_window else "–")
+        if verdict is False:
+            self.p99.set(_ms_text(window.p99), OVER_COLOR)
+        self.sent.set(f"{snapshot.sent:,}")
+        self.answered.set(f"{snapshot.answered:,}")
+        self.failed.set(f"{snapshot.failed:,}", "#ff7043" if snapshot.failed else None)
+        self.in_flight.set(f"{snapshot.in_flight:,}")
+        self._redraw(now)
+
+    def _redraw(self, now: float) -> None:
+        if not self._history:
+            return
+        data = np.asarray(self._history, dtype=np.float64)
+        ago = data[:, 0] - now
+        self.throughput_curve.setData(ago, data[:, 1])
+        for column, (name, _color) in enumerate(CURVES, start=2):
+            self.latency_curves[name].setData(ago, data[:, column])
+        peak = np.nanmax(data[:, 4]) if np.isfinite(data[:, 4]).any() else 0.0
+        # The budget line always stays in view, with room above the worst p99 shown.
+        self.latency_plot.setYRange(0, max(self._budget_ms * 1.25, float(peak) * 1.1), padding=0)
+        top = float(np.nanmax(data[:, 1])) if np.isfinite(data[:, 1]).any() else 0.0
+        self.throughput_plot.setYRange(0, max(10.0, top * 1.15), padding=0)
+
+    def _judge(self, window: LatencySummary | None) -> bool | None:
+        """Within budget (True), over (False), or too few answers to say (None); shown."""
+        self._last_window = window
+        if window is None or window.count < MIN_SAMPLES_FOR_VERDICT:
+            self._show_verdict(None)
+            return None
+        p99_ms = window.p99 * 1000.0
+        within = p99_ms <= self._budget_ms
+        self._show_verdict(within, p99_ms)
+        return within
+
+    def _show_verdict(self, within: bool | None, p99_ms: float = math.nan) -> None:
+        changed = within is not self._verdict
+        self._verdict = within
+        self._over_budget = within is False
+        if within is None:
+            text, color = f"budget {self._budget_ms:.0f} ms: waiting for answers", IDLE_COLOR
+        elif within:
+            text, color = f"WITHIN BUDGET  p99 {p99_ms:.0f} ≤ {self._budget_ms:.0f} ms", OK_COLOR
+        else:
+            text, color = f"OVER BUDGET  p99 {p99_ms:.0f} > {self._budget_ms:.0f} ms", OVER_COLOR
+        self.badge.setText(text)
+        if changed:
+            self.badge.setStyleSheet(
+                f"background: {color}; color: white; border-radius: 6px; padding: 6px;"
+            )
+            self.latency_plot.setBackground(
+                OVER_BUDGET_BACKGROUND if self._over_budget else CHART_BACKGROUND
+            )
+
+
+def _ms_text(seconds: float) -> str:
+    value = seconds * 1000.0
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
