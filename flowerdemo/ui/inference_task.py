@@ -1,0 +1,443 @@
+"""The bridge between the widgets and the server: a QObject owning the engine (Orange3's task style).
+
+Widgets never await a server themselves. They call this object's coroutines from qasync slots
+and listen to its signals. It owns the InferenceEngine (created and connected inside the running
+event loop, because the Triton aio clients are bound to their loop), the run statistics, and,
+for the embedded default, the LocalStack, whose blocking start and stop run in a worker thread.
+
+Recovery: a failed connection is retried every `retry_interval_s` until it works or the settings
+change. Once connected, the gRPC channel and the HTTP session reconnect by themselves, so a server
+that goes away and comes back needs no new engine: requests fail (and are counted) while it is
+away, and the first answer afterwards reports it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+from PySide6.QtCore import QObject, Signal
+
+from flowerdemo.core.engine import ConnectError, EngineSettings, InferenceEngine
+from flowerdemo.core.events import ErrorKind, InferenceEvent
+from flowerdemo.core.model_spec import ModelSpec
+from flowerdemo.core.stats import RunStatistics, StatsSnapshot
+
+if TYPE_CHECKING:
+    from flowerdemo.serving.stack import InstanceState, LocalStack, StackSettings
+
+log = logging.getLogger(__name__)
+
+STATS_WINDOW_S = 2.0
+"""The sliding window of the live figures: short enough that the charts react within seconds."""
+GRACEFUL_STOP_S = 2.0
+"""How long a settings change waits for outstanding requests before cancelling them."""
+
+
+class TaskState(str, enum.Enum):
+    IDLE = "not connected"
+    STARTING_SERVERS = "starting local servers…"
+    CONNECTING = "connecting…"
+    WAITING = "waiting for the server…"
+    CONNECTED = "connected"
+    UNREACHABLE = "server unreachable"
+    CLOSING = "shutting down…"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What sig_connected reports."""
+
+    url: str
+    protocol: str
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class StackHealth:
+    """The local stack as the monitor last saw it."""
+
+    instances: tuple[InstanceState, ...]
+    envoy_running: bool
+
+    @property
+    def serving(self) -> int:
+        return sum(1 for i in self.instances if i.state == "ready")
+
+    @property
+    def down(self) -> tuple[InstanceState, ...]:
+        return tuple(i for i in self.instances if i.state in ("failed", "stopped"))
+
+
+class InferenceTask(QObject):
+    """Owns the engine, the statistics and the embedded stack; reports through signals."""
+
+    sig_state_changed = Signal(object)
+    """The connection state changed (a TaskState)."""
+    sig_connected = Signal(object)
+    """Connected and the model validated (a Connection)."""
+    sig_models = Signal(list)
+    """The model names in the server's repository (a list of str; empty when unknown)."""
+    sig_sent = Signal(object)
+    """A request went out (a tuple of image indices)."""
+    sig_event = Signal(object)
+    """One request finished (an InferenceEvent)."""
+    sig_problem = Signal(str, str)
+    """Something the operator should know: severity ('info', 'warning', 'error'), message."""
+    sig_recovered = Signal(str)
+    """A problem went away (server answering again, instances back): a message."""
+    sig_auto_running = Signal(bool)
+    """Automatic mode started (True) or finished (False)."""
+    sig_stack_health = Signal(object)
+    """The local stack's instances changed state (a StackHealth)."""
+
+    def __init__(
+        self,
+        parent: QObject | None = None,
+        *,
+        retry_interval_s: float = 2.0,
+        monitor_interval_s: float = 1.0,
+        stats_window_s: float = STATS_WINDOW_S,
+    ) -> None:
+        super().__init__(parent)
+        self.retry_interval_s = retry_interval_s
+        self.monitor_interval_s = monitor_interval_s
+        self.stats = RunStatistics(window_s=stats_window_s)
+        self._images: Sequence[Image.Image] = ()
+        self._engine: InferenceEngine | None = None
+        self._connection: Connection | None = None
+        self._state = TaskState.IDLE
+        self._connect_lock: asyncio.Lock | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._auto: asyncio.Task[None] | None = None
+        self._auto_wanted: int | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stack_start: asyncio.Future[None] | None = None
+        self._owned_stack: LocalStack | None = None
+        self._watched_stack: LocalStack | None = None
+        self._last_health: StackHealth | None = None
+        self._requests: set[asyncio.Task[InferenceEvent]] = set()
+        self._closing = False
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def state(self) -> TaskState:
+        return self._state
+
+    @property
+    def connection(self) -> Connection | None:
+        return self._connection
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._state in (
+            TaskState.CONNECTED,
+            TaskState.UNREACHABLE,
+        )
+
+    @property
+    def running_auto(self) -> bool:
+        return self._auto is not None and not self._auto.done()
+
+    @property
+    def in_flight(self) -> int:
+        return self._engine.in_flight if self._engine is not None else 0
+
+    @property
+    def local_stack(self) -> LocalStack | None:
+        """The stack this task started and will stop (the embedded default), if any."""
+        return self._owned_stack
+
+    @property
+    def stack_health(self) -> StackHealth | None:
+        return self._last_health
+
+    def snapshot(self) -> StatsSnapshot:
+        return self.stats.snapshot(in_flight=self.in_flight)
+
+    def reset_statistics(self) -> None:
+        self.stats.reset()
+
+    def set_images(self, images: Sequence[Image.Image]) -> None:
+        """The photos every later connection classifies, in tile order."""
+        self._images = images
+
+    def _set_state(self, state: TaskState) -> None:
+        if state is not self._state:
+            self._state = state
+            self.sig_state_changed.emit(state)
+
+    # -- the embedded stack -------------------------------------------------------------
+    async def start_local_stack(self, settings: StackSettings) -> LocalStack | None:
+        """Start N Triton instances behind Envoy in a worker thread; None (after sig_problem) on
+        failure. The task stops this stack at shutdown."""
+        try:
+            from flowerdemo.serving.stack import LocalStack, StackError
+        except ImportError as error:
+            self.sig_problem.emit(
+                "error",
+                f"No server address was given and the local stack cannot start ({error}). "
+                "Install it with pip install 'flowerdemo[serve]', or enter a server address.",
+            )
+            return None
+        self._set_state(TaskState.STARTING_SERVERS)
+        try:
+            stack = LocalStack(settings)
+        except StackError as error:
+            self._set_state(TaskState.IDLE)
+            self.sig_problem.emit("error", f"The local stack cannot start: {error}")
+            return None
+        self._owned_stack = stack
+        start = asyncio.ensure_future(asyncio.to_thread(stack.start))
+        self._stack_start = start
+        try:
+            # Shielded: closing the window while servers start must not orphan the thread's work;
+            # shutdown waits for it and then stops what it started.
+            await asyncio.shield(start)
+        except StackError as error:
+            self._owned_stack = None
+            self._set_state(TaskState.IDLE)
+            self.sig_problem.emit("error", f"The local stack did not start: {error}")
+            return None
+        if self._closing:
+            return None
+        self._set_state(TaskState.IDLE)
+        self.watch_stack(stack)
+        return stack
+
+    def watch_stack(self, stack: LocalStack) -> None:
+        """Report the instances of `stack` as they go down and come back (sig_stack_health)."""
+        self._watched_stack = stack
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            stack = self._watched_stack
+            if stack is None:
+                return
+            try:
+                # states() may probe an instance over HTTP: never on the GUI thread.
+                states, envoy = await asyncio.to_thread(_read_health, stack)
+            except Exception as error:
+                log.debug("stack monitor: %s", error)
+            else:
+                health = StackHealth(tuple(states), envoy or not stack.settings.with_envoy)
+                previous = self._last_health
+                if previous is None or _health_key(previous) != _health_key(health):
+                    self._last_health = health
+                    self._report_health(previous, health)
+                    self.sig_stack_health.emit(health)
+            await asyncio.sleep(self.monitor_interval_s)
+
+    def _report_health(self, previous: StackHealth | None, health: StackHealth) -> None:
+        total = len(health.instances)
+        down = health.down
+        if down:
+            names = "; ".join(
+                f"Triton instance {i.index} ({i.name}) is down"
+                + (f": {i.message}" if i.message else "")
+                for i in down
+            )
+            self.sig_problem.emit(
+                "warning" if health.serving else "error",
+                f"{names}. {health.serving} of {total} instance(s) serving.",
+            )
+        elif previous is not None and previous.down:
+            self.sig_recovered.emit(f"All {total} Triton instances are serving again.")
+        if not health.envoy_running:
+            self.sig_problem.emit("error", "The Envoy load balancer of the local stack stopped.")
+        elif previous is not None and not previous.envoy_running:
+            self.sig_recovered.emit("The Envoy load balancer is running again.")
+
+    # -- connecting ---------------------------------------------------------------------
+    async def connect_server(self, settings: EngineSettings) -> bool:
+        """Replace the engine with one for `settings` and connect it. On failure, sig_problem and
+        a retry every `retry_interval_s`; automatic mode resumes once connected if it was on."""
+        if self._closing:
+            return False
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            self._cancel_retry()
+            await self._drop_engine(graceful=True)
+            engine = InferenceEngine(settings, self._images)
+            engine.add_sink(self._on_event)
+            engine.add_send_sink(self._on_sent)
+            self._engine = engine
+            self._set_state(TaskState.CONNECTING)
+            try:
+                spec = await engine.connect()
+            except ConnectError as error:
+                if self._engine is engine and not self._closing:
+                    self._set_state(TaskState.WAITING)
+                    self.sig_problem.emit(
+                        "error", f"{error} Retrying every {self.retry_interval_s:g} s."
+                    )
+                    self._retry = asyncio.ensure_future(self._retry_connect(engine))
+                return False
+            await self._connected(engine, spec)
+            return True
+
+    async def _retry_connect(self, engine: InferenceEngine) -> None:
+        while self._engine is engine and not self._closing:
+            await asyncio.sleep(self.retry_interval_s)
+            try:
+                spec = await engine.connect()
+            except ConnectError as error:
+                log.debug("retry: %s", error)
+                continue
+            if self._engine is engine and not self._closing:
+                self.sig_recovered.emit(f"Connected to {engine.settings.url}.")
+                await self._connected(engine, spec)
+            return
+
+    async def _connected(self, engine: InferenceEngine, spec: ModelSpec) -> None:
+        settings = engine.settings
+        self._connection = Connection(settings.url, settings.protocol, spec)
+        self._set_state(TaskState.CONNECTED)
+        self.sig_connected.emit(self._connection)
+        if self._auto_wanted is not None:
+            self._launch_auto(engine, self._auto_wanted)
+        names = await engine.model_names()
+        if self._engine is engine:
+            self.sig_models.emit(names)
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and not self._retry.done():
+            self._retry.cancel()
+        self._retry = None
+
+    async def _drop_engine(self, *, graceful: bool) -> None:
+        engine, self._engine = self._engine, None
+        self._connection = None
+        if engine is None:
+            return
+        engine.stop()
+        auto = self._auto
+        if graceful and auto is not None and not auto.done():
+            # Outstanding requests of automatic mode get a moment to come back and be counted.
+            await asyncio.wait({auto}, timeout=GRACEFUL_STOP_S)
+        await engine.close()
+        if auto is not None and not auto.done():
+            await asyncio.wait({auto}, timeout=GRACEFUL_STOP_S)
+
+    # -- requests -----------------------------------------------------------------------
+    async def classify(self, indices: Sequence[int]) -> InferenceEvent | None:
+        """One request (interactive mode); its event also goes out as sig_event. None when not
+        connected (after sig_problem)."""
+        engine = self._engine
+        if engine is None or not self.connected:
+            self.sig_problem.emit(
+                "warning", f"Not connected ({self._state.value}): the photo was not sent."
+            )
+            return None
+        task = asyncio.ensure_future(engine.classify(indices))
+        self._requests.add(task)
+        try:
+            return await task
+        finally:
+            self._requests.discard(task)
+
+    def start_auto(self, concurrency: int) -> None:
+        """Keep `concurrency` requests outstanding (now, or as soon as connected)."""
+        self._auto_wanted = concurrency
+        engine = self._engine
+        if self.running_auto:
+            self.set_concurrency(concurrency)
+        elif engine is not None and self.connected:
+            self._launch_auto(engine, concurrency)
+
+    def _launch_auto(self, engine: InferenceEngine, concurrency: int) -> None:
+        if self.running_auto:
+            return
+        self._auto = asyncio.ensure_future(self._run_auto(engine, concurrency))
+
+    async def _run_auto(self, engine: InferenceEngine, concurrency: int) -> None:
+        self.sig_auto_running.emit(True)
+        try:
+            await engine.run_automatic(concurrency)
+        except Exception as error:
+            self.sig_problem.emit("error", f"Automatic mode stopped: {error}")
+        finally:
+            if not self._closing:
+                self.sig_auto_running.emit(False)
+
+    def cancel(self) -> None:
+        """Stop automatic mode: nothing new is sent; outstanding requests still come back."""
+        self._auto_wanted = None
+        if self._engine is not None:
+            self._engine.stop()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        if self._auto_wanted is not None:
+            self._auto_wanted = concurrency
+        if self._engine is not None and self.running_auto:
+            self._engine.set_concurrency(concurrency)
+
+    # -- events -------------------------------------------------------------------------
+    def _on_sent(self, _request_id: int, indices: tuple[int, ...]) -> None:
+        self.sig_sent.emit(indices)
+
+    def _on_event(self, event: InferenceEvent) -> None:
+        self.stats.record(event)
+        self.sig_event.emit(event)
+        if self._closing:
+            return
+        if event.ok:
+            if self._state is TaskState.UNREACHABLE:
+                self._set_state(TaskState.CONNECTED)
+                url = self._connection.url if self._connection else "the server"
+                self.sig_recovered.emit(f"{url} is answering again.")
+        elif (
+            event.error is not None
+            and event.error.kind is ErrorKind.UNAVAILABLE
+            and self._state is TaskState.CONNECTED
+        ):
+            self._set_state(TaskState.UNREACHABLE)
+
+    # -- teardown -----------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Cancel what is in flight, close the client, stop the embedded stack. Emits nothing
+        after it starts except the final state."""
+        if self._closing:
+            return
+        self._closing = True
+        self._set_state(TaskState.CLOSING)
+        self._cancel_retry()
+        for task in (self._monitor,):
+            if task is not None and not task.done():
+                task.cancel()
+        self._auto_wanted = None
+        await self._drop_engine(graceful=False)
+        for request in list(self._requests):
+            request.cancel()
+        pending = [t for t in (self._monitor, self._retry, *self._requests) if t is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._stack_start is not None and not self._stack_start.done():
+            with contextlib.suppress(Exception):
+                await self._stack_start
+        stack, self._owned_stack = self._owned_stack, None
+        self._watched_stack = None
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+        self._set_state(TaskState.CLOSED)
+
+
+def _read_health(stack: LocalStack) -> tuple[list[InstanceState], bool]:
+    return stack.states(), stack.envoy_pid() is not None
+
+
+def _health_key(health: StackHealth) -> tuple[object, ...]:
+    return (
+        tuple((i.index, i.state, i.message) for i in health.instances),
+        health.envoy_running,
+    )
