@@ -158,3 +158,74 @@ def local_stack(stack_settings: Callable[..., StackSettings]) -> Iterator[LocalS
         yield stack
     finally:
         stack.stop()
+
+
+# ---- GUI tests (pytest-qt) ---------------------------------------------------------------------
+# Real widgets on Qt's offscreen platform: no display needed. Set before any QApplication exists.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture
+def qt_event_loop(qapp: Any) -> Iterator[Any]:
+    """An asyncio loop (qasync) on pytest-qt's QApplication. Its callbacks run whenever Qt
+    processes events, so `qtbot.waitUntil(...)` drives both the widgets and the coroutines."""
+    import asyncio
+
+    import qasync
+    from PySide6.QtCore import QTimer
+
+    # As in the app: the window, not Qt, decides when to quit (after its async shutdown).
+    quit_on_close = qapp.quitOnLastWindowClosed()
+    qapp.setQuitOnLastWindowClosed(False)
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.set_event_loop(loop)
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        loop.close()
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop(None)
+        # qasync's stop() calls QApplication.exit() outside exec(), which leaves Qt's quit flag
+        # set: every later local event loop (qtbot.wait) would return at once. A real exec()
+        # clears it.
+        QTimer.singleShot(0, qapp.quit)
+        qapp.exec()
+        qapp.setQuitOnLastWindowClosed(quit_on_close)
+
+
+@pytest.fixture
+def open_window(qtbot: Any, qt_event_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`open_window(options, start=True, settings_file=None, **kwargs)`: a shown flowerdemo
+    MainWindow with a settings file of its own, started on the qasync loop; after the test it is
+    shut down the way the close button does it (requests cancelled, clients closed)."""
+    from PySide6.QtCore import QSettings
+
+    from flowerdemo.ui.main_window import MainWindow
+
+    windows: list[MainWindow] = []
+
+    def open_(
+        options: Any,
+        *,
+        start: bool = True,
+        settings_file: Path | None = None,
+        size: tuple[int, int] = (1400, 900),
+        **kwargs: Any,
+    ) -> MainWindow:
+        settings = QSettings(
+            str(settings_file or tmp_path / "flowerdemo.ini"), QSettings.Format.IniFormat
+        )
+        window = MainWindow(options, settings, **kwargs)
+        window.resize(*size)
+        window.show()
+        windows.append(window)
+        if start:
+            window.start()
+        return window
+
+    yield open_
+    for window in windows:
+        window.shutdown()
+        qtbot.waitUntil(lambda w=window: w.is_shut_down, timeout=30_000)
+        window.deleteLater()
