@@ -88,6 +88,8 @@ class LivePanel(QWidget):
         self._budget_ms = budget_ms
         self._over_budget = False
         self._last_window: LatencySummary | None = None
+        self._latency_top = 0.0
+        self._throughput_top = 0.0
         self._verdict: bool | str | None = "unset"
         self._history: deque[tuple[float, float, float, float, float]] = deque()
         self._refresh_times: deque[float] = deque(maxlen=64)
@@ -140,7 +142,7 @@ class LivePanel(QWidget):
             movable=False,
             pen=pg.mkPen("#ef5350", width=2, style=Qt.PenStyle.DashLine),
             label="budget {value:.0f} ms",
-            labelOpts={"position": 0.08, "color": "#ef9a9a", "anchors": [(0, 1), (0, 1)]},
+            labelOpts={"position": 0.55, "color": "#ef9a9a", "anchors": [(0, 1), (0, 1)]},
         )
         self.latency_plot.addItem(self.budget_line, ignoreBounds=True)
 
@@ -259,9 +261,13 @@ class LivePanel(QWidget):
             self.latency_curves[name].setData(ago, data[:, column])
         peak = np.nanmax(data[:, 4]) if np.isfinite(data[:, 4]).any() else 0.0
         # The budget line always stays in view, with room above the worst p99 shown.
-        self.latency_plot.setYRange(0, max(self._budget_ms * 1.25, float(peak) * 1.1), padding=0)
+        self._latency_top = _steady_top(
+            self.latency_plot, self._latency_top, max(self._budget_ms * 1.25, float(peak) * 1.1)
+        )
         top = float(np.nanmax(data[:, 1])) if np.isfinite(data[:, 1]).any() else 0.0
-        self.throughput_plot.setYRange(0, max(10.0, top * 1.15), padding=0)
+        self._throughput_top = _steady_top(
+            self.throughput_plot, self._throughput_top, max(10.0, top * 1.15)
+        )
 
     def _judge(self, window: LatencySummary | None) -> bool | None:
         """Within budget (True), over (False), or too few answers to say (None); shown."""
@@ -292,6 +298,26 @@ class LivePanel(QWidget):
             self.latency_plot.setBackground(
                 OVER_BUDGET_BACKGROUND if self._over_budget else CHART_BACKGROUND
             )
+
+
+def _nice_ceiling(value: float) -> float:
+    """The next round number at or above `value` (1, 1.5, 2, 3, 5 or 7.5 times a power of 10)."""
+    if value <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0):
+        if value <= step * power:
+            return step * power
+    return 10.0 * power
+
+
+def _steady_top(plot: pg.PlotWidget, current: float, needed: float) -> float:
+    """Move a chart's y range only when the data leaves it or shrinks well inside it: a range
+    that changes every refresh makes pyqtgraph redraw its axis text every time."""
+    if current <= 0 or needed > current or needed < current * 0.5:
+        current = _nice_ceiling(needed)
+        plot.setYRange(0, current, padding=0)
+    return current
 
 
 def _ms_text(seconds: float) -> str:

@@ -1,9 +1,10 @@
 """The grid of flower tiles: each photo with its latest answer painted over it.
 
-One widget paints every tile. An answer repaints only the rectangle of its own tile, so a
-thousand answers a second cost a thousand small repaints (which Qt merges per frame), never a
-relayout of the grid. The layout picks the largest tile size at which every photo fits on screen,
-and scrolls only when that would make tiles smaller than `MIN_TILE`.
+One widget paints every tile. A change repaints only the rectangle of its own tile, and changed
+tiles are repainted together at most REPAINT_HZ times a second, so hundreds of answers a second
+never relayout or redraw the grid. Each answer's overlay (labels, scores, mark) is drawn once and
+reused while it stays the same. The layout picks the largest tile size at which every photo fits
+on screen, and scrolls only when that would make tiles smaller than `MIN_TILE`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
-from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
@@ -36,6 +37,9 @@ from flowerdemo.core.events import Classification, InferenceEvent
 
 MIN_TILE = 96
 """Below this many pixels a tile's labels stop being readable: scroll instead of shrinking."""
+REPAINT_HZ = 30
+MAX_CACHED_CHIPS = 600
+"""Latency labels kept drawn ("12.3 ms"): a few kilobytes each."""
 THUMBNAIL_SIZE = 448
 """Longest side of the photo kept in memory: sharp on a 4K screen, light for a thousand photos."""
 
@@ -155,6 +159,15 @@ class TileGrid(QAbstractScrollArea):
         self._tiles: list[TileState] = []
         self._layout = best_layout(1, 1, 0)
         self._pixmaps: dict[int, QPixmap] = {}
+        self._overlays: dict[tuple[object, ...], QPixmap] = {}
+        self._chips: dict[tuple[object, ...], QPixmap] = {}
+        self._dirty: set[int] = set()
+        # Changed tiles are repainted together at most REPAINT_HZ times a second: a tile sent
+        # and answered within one period is painted once, and the event loop stays free.
+        self._repaint_timer = QTimer(self)
+        self._repaint_timer.setSingleShot(True)
+        self._repaint_timer.setInterval(1000 // REPAINT_HZ)
+        self._repaint_timer.timeout.connect(self._repaint_dirty)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setFrameShape(QAbstractScrollArea.Shape.NoFrame)
@@ -233,6 +246,8 @@ class TileGrid(QAbstractScrollArea):
         layout = best_layout(viewport.width(), viewport.height(), len(self._tiles))
         if layout.tile != self._layout.tile:
             self._pixmaps.clear()
+            self._overlays.clear()
+            self._chips.clear()
         self._layout = layout
         scroll = self.verticalScrollBar()
         scroll.setRange(0, max(0, layout.content_height - viewport.height()))
@@ -240,7 +255,15 @@ class TileGrid(QAbstractScrollArea):
         scroll.setSingleStep(max(1, layout.tile // 3))
 
     def _update_tile(self, index: int) -> None:
-        self.viewport().update(self.tile_rect(index).adjusted(-2, -2, 2, 2))
+        self._dirty.add(index)
+        if not self._repaint_timer.isActive():
+            self._repaint_timer.start()
+
+    def _repaint_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        viewport = self.viewport()
+        for index in dirty:
+            viewport.update(self.tile_rect(index))
 
     # -- input --------------------------------------------------------------------------
     def mousePressEvent(self, event: QMouseEvent) -> None:
@@ -282,7 +305,10 @@ class TileGrid(QAbstractScrollArea):
         painter = QPainter(self.viewport())
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        exposed = event.rect()
+        # The region, not its bounding rectangle: two answers far apart repaint two tiles, not
+        # every tile between them.
+        region = event.region()
+        exposed = region.boundingRect()
         offset = self.verticalScrollBar().value()
         step = self._layout.tile + self._layout.spacing
         first_row = max(0, (exposed.top() + offset) // step)
@@ -291,7 +317,7 @@ class TileGrid(QAbstractScrollArea):
         for row in range(first_row, last_row + 1):
             for index in range(row * columns, min((row + 1) * columns, len(self._tiles))):
                 rect = self.tile_rect(index)
-                if rect.intersects(exposed):
+                if region.intersects(rect):
                     self._paint_tile(painter, index, rect)
         painter.end()
 
@@ -306,44 +332,139 @@ class TileGrid(QAbstractScrollArea):
                 Qt.AspectRatioMode.KeepAspectRatioByExpanding,
                 Qt.TransformationMode.SmoothTransformation,
             )
-            # Centre crop to a square, as the model sees the photo.
+            # Centre crop to a square, as the model sees the photo, with the tile's rounded
+            # corners cut once here: drawing through a clip path on every repaint costs more.
             x, y = (image.width() - side) // 2, (image.height() - side) // 2
-            pixmap = QPixmap.fromImage(image.copy(x, y, side, side))
+            rounded = QImage(side, side, QImage.Format.Format_ARGB32_Premultiplied)
+            rounded.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(rounded)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QBrush(image.copy(x, y, side, side)))
+            radius = self._corner_radius(side)
+            painter.drawRoundedRect(QRectF(0, 0, side, side), radius, radius)
+            painter.end()
+            pixmap = QPixmap.fromImage(rounded)
             pixmap.setDevicePixelRatio(ratio)
             self._pixmaps[index] = pixmap
         return pixmap
 
+    @staticmethod
+    def _corner_radius(size: float) -> float:
+        return max(4.0, size * 0.05)
+
     def _paint_tile(self, painter: QPainter, index: int, rect: QRect) -> None:
         state = self._tiles[index]
         size = rect.width()
-        radius = max(4.0, size * 0.05)
-        frame = QPainterPath()
-        frame.addRoundedRect(QRectF(rect), radius, radius)
-        painter.save()
-        painter.setClipPath(frame)
         painter.drawPixmap(rect.topLeft(), self._pixmap(index))
-        if state.in_flight:
-            painter.fillRect(rect, QColor(41, 182, 246, 60))
         if state.answered or state.error:
-            self._paint_answer(painter, state, rect)
-        painter.restore()
-
-        # Only states that need attention get a frame; right or wrong is the corner mark.
-        border: QColor | None = None
-        width = max(2.0, size * 0.025)
+            painter.drawPixmap(rect.topLeft(), self._answer_overlay(state))
+            if state.latency_ms is not None:
+                margin = max(3, size // 28)
+                painter.drawPixmap(
+                    QPoint(rect.left() + margin, rect.top() + margin),
+                    self._latency_chip(_format_ms(state.latency_ms)),
+                )
         if state.in_flight:
-            border, width = IN_FLIGHT_COLOR, max(3.0, size * 0.045)
+            painter.drawPixmap(rect.topLeft(), self._in_flight_overlay())
         elif state.error:
-            border = FAILED_COLOR
-        if border is not None:
-            painter.setPen(QPen(border, width))
-            painter.setBrush(Qt.BrushStyle.NoBrush)
+            width = max(2.0, size * 0.025)
             inset = width / 2
+            radius = self._corner_radius(size)
+            painter.setPen(QPen(FAILED_COLOR, width))
+            painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.drawRoundedRect(
                 QRectF(rect).adjusted(inset, inset, -inset, -inset), radius, radius
             )
-        if state.in_flight:
-            self._paint_in_flight_badge(painter, rect)
+
+    # Overlays are drawn once per look and size, then blitted: at hundreds of answers a second,
+    # text layout would otherwise be most of the GUI thread's work.
+    def _new_layer(self) -> tuple[QImage, QPainter, int]:
+        ratio = self.devicePixelRatioF()
+        side = self._layout.tile
+        layer = QImage(
+            max(1, round(side * ratio)),
+            max(1, round(side * ratio)),
+            QImage.Format.Format_ARGB32_Premultiplied,
+        )
+        layer.setDevicePixelRatio(ratio)
+        layer.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(layer)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
+        frame = QPainterPath()
+        radius = self._corner_radius(side)
+        frame.addRoundedRect(QRectF(0, 0, side, side), radius, radius)
+        painter.setClipPath(frame)
+        return layer, painter, side
+
+    def _in_flight_overlay(self) -> QPixmap:
+        key = ("in flight", self._layout.tile, self.devicePixelRatioF())
+        cached = self._overlays.get(key)
+        if cached is not None:
+            return cached
+        layer, painter, size = self._new_layer()
+        rect = QRect(0, 0, size, size)
+        painter.fillRect(rect, QColor(41, 182, 246, 60))
+        width = max(3.0, size * 0.045)
+        inset = width / 2
+        radius = self._corner_radius(size)
+        painter.setPen(QPen(IN_FLIGHT_COLOR, width))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRoundedRect(QRectF(rect).adjusted(inset, inset, -inset, -inset), radius, radius)
+        font = QFont(self.font())
+        font.setPixelSize(max(9, min(22, round(size / 12))))
+        font.setBold(True)
+        margin = max(3, size // 28)
+        metrics = QFontMetrics(font)
+        text = "in flight"
+        chip_width, chip_height = (
+            metrics.horizontalAdvance(text) + 2 * margin,
+            metrics.height() + margin,
+        )
+        chip = QRect(
+            rect.center().x() - chip_width // 2,
+            rect.center().y() - chip_height // 2,
+            chip_width,
+            chip_height,
+        )
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(IN_FLIGHT_COLOR)
+        painter.drawRoundedRect(chip, chip_height / 2, chip_height / 2)
+        painter.setFont(font)
+        painter.setPen(QColor("#00212e"))
+        painter.drawText(chip, Qt.AlignmentFlag.AlignCenter, text)
+        painter.end()
+        pixmap = QPixmap.fromImage(layer)
+        self._overlays[key] = pixmap
+        return pixmap
+
+    def _answer_overlay(self, state: TileState) -> QPixmap:
+        key = (
+            tuple((g.label, round(g.score * 100)) for g in state.topk),
+            state.error if not state.topk else None,
+            state.correct,
+            self._layout.tile,
+            self.devicePixelRatioF(),
+        )
+        cached = self._overlays.get(key)
+        if cached is not None:
+            return cached
+        # Each photo normally has one look; many more means the answers changed: start afresh.
+        if len(self._overlays) > 2 * len(self._tiles) + 8:
+            self._overlays.clear()
+        layer, painter, size = self._new_layer()
+        self._paint_answer(painter, state, QRect(0, 0, size, size))
+        painter.end()
+        pixmap = QPixmap.fromImage(layer)
+        self._overlays[key] = pixmap
+        return pixmap
+
+    def _chip_font(self, size: int) -> QFont:
+        font = QFont(self.font())
+        font.setPixelSize(max(9, round(max(9, min(26, round(size / 11))) * 0.95)))
+        font.setBold(True)
+        return font
 
     def _paint_answer(self, painter: QPainter, state: TileState, rect: QRect) -> None:
         size = rect.width()
@@ -385,17 +506,6 @@ class TileGrid(QAbstractScrollArea):
                 )
             y += line
 
-        chip_font = QFont(font)
-        chip_font.setPixelSize(max(9, round(font_px * 0.95)))
-        chip_font.setBold(True)
-        if state.latency_ms is not None:
-            self._paint_chip(
-                painter,
-                QPoint(rect.left() + margin, rect.top() + margin),
-                _format_ms(state.latency_ms),
-                QColor(0, 0, 0, 185),
-                chip_font,
-            )
         correct = state.correct
         if correct is not None:
             diameter = max(14, round(size * 0.17))
@@ -405,46 +515,45 @@ class TileGrid(QAbstractScrollArea):
             painter.setPen(QPen(QColor("#ffffff"), max(1.5, diameter / 12)))
             painter.setBrush(CORRECT_COLOR if correct else WRONG_COLOR)
             painter.drawEllipse(circle)
-            mark = QFont(chip_font)
+            mark = QFont(font)
+            mark.setBold(True)
             mark.setPixelSize(round(diameter * 0.7))
             painter.setFont(mark)
             painter.drawText(circle, Qt.AlignmentFlag.AlignCenter, "✓" if correct else "✗")
 
-    def _paint_in_flight_badge(self, painter: QPainter, rect: QRect) -> None:
-        size = rect.width()
-        font = QFont(self.font())
-        font.setPixelSize(max(9, min(22, round(size / 12))))
-        font.setBold(True)
-        margin = max(3, size // 28)
-        metrics = QFontMetrics(font)
-        text = "in flight"
-        width, height = metrics.horizontalAdvance(text) + 2 * margin, metrics.height() + margin
-        chip = QRect(rect.center().x() - width // 2, rect.center().y() - height // 2, width, height)
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(IN_FLIGHT_COLOR)
-        painter.drawRoundedRect(chip, height / 2, height / 2)
-        painter.setFont(font)
-        painter.setPen(QColor("#00212e"))
-        painter.drawText(chip, Qt.AlignmentFlag.AlignCenter, text)
-
-    @staticmethod
-    def _paint_chip(
-        painter: QPainter, corner: QPoint, text: str, background: QColor, font: QFont
-    ) -> None:
+    def _latency_chip(self, text: str) -> QPixmap:
+        key = (text, self._layout.tile, self.devicePixelRatioF())
+        cached = self._chips.get(key)
+        if cached is not None:
+            return cached
+        if len(self._chips) >= MAX_CACHED_CHIPS:
+            self._chips.clear()
+        size = self._layout.tile
+        font = self._chip_font(size)
         metrics = QFontMetrics(font)
         pad = max(2, metrics.height() // 5)
-        chip = QRect(
-            corner.x(),
-            corner.y(),
-            metrics.horizontalAdvance(text) + 2 * pad,
-            metrics.height() + pad,
+        width, height = metrics.horizontalAdvance(text) + 2 * pad, metrics.height() + pad
+        ratio = self.devicePixelRatioF()
+        layer = QImage(
+            max(1, round(width * ratio)),
+            max(1, round(height * ratio)),
+            QImage.Format.Format_ARGB32_Premultiplied,
         )
+        layer.setDevicePixelRatio(ratio)
+        layer.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(layer)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(background)
+        painter.setBrush(QColor(0, 0, 0, 185))
+        chip = QRect(0, 0, width, height)
         painter.drawRoundedRect(chip, pad * 1.5, pad * 1.5)
         painter.setFont(font)
         painter.setPen(QColor("#ffffff"))
         painter.drawText(chip, Qt.AlignmentFlag.AlignCenter, text)
+        painter.end()
+        pixmap = QPixmap.fromImage(layer)
+        self._chips[key] = pixmap
+        return pixmap
 
 
 def _format_ms(milliseconds: float) -> str:
