@@ -46,6 +46,14 @@ def test_window_shows_the_grid_of_samples(qtbot, open_window, local_stack):
     assert "flowers" in window.live_panel.server_label.text()
     assert window.controls.run_button.isEnabled()
     assert not window.banner.isVisible()
+    # The model chooser lists the server's repository.
+    qtbot.waitUntil(lambda: window.controls.model_box.findText("flowers") >= 0, timeout=5_000)
+
+    # F11 toggles full screen.
+    qtbot.keyClick(window, Qt.Key.Key_F11)
+    qtbot.waitUntil(window.isFullScreen, timeout=2_000)
+    qtbot.keyClick(window, Qt.Key.Key_F11)
+    qtbot.waitUntil(lambda: not window.isFullScreen(), timeout=2_000)
 
 
 @pytest.mark.stack
@@ -133,6 +141,31 @@ def test_auto_mode_keeps_n_in_flight_moves_counters_and_charts_and_stops(
     qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.task.snapshot().sent > sent + 20, timeout=10_000)
     assert window.task.snapshot().failed == 0
+
+    # Closing while requests are outstanding cancels them (each one counted) and closes cleanly.
+    qtbot.waitUntil(lambda: window.task.in_flight > 0, timeout=5_000)
+    window.close()
+    qtbot.waitUntil(lambda: window.is_shut_down, timeout=15_000)
+    assert not window.isVisible()
+    assert window.task.in_flight == 0
+    cancelled = window.task.snapshot().errors_by_kind
+    assert set(cancelled) == {"cancelled"} and 1 <= cancelled["cancelled"] <= 8
+
+
+@pytest.mark.stack
+def test_switching_to_http_reconnects_and_answers(qtbot, open_window, local_stack):
+    window = open_window(RunOptions(url=local_stack.grpc_url))
+    connected(qtbot, window)
+    window.controls.protocol_box.setCurrentText("http")
+    window.controls.url_edit.setText(local_stack.http_url)
+    qtbot.mouseClick(window.controls.connect_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: window.task.connection is not None and window.task.connection.protocol == "http",
+        timeout=15_000,
+    )
+    click_tile(qtbot, window, 11)
+    qtbot.waitUntil(lambda: window.grid.tile(11).answered, timeout=10_000)
+    assert "http" in window.live_panel.server_label.text()
 
 
 @pytest.mark.stack

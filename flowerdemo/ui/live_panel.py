@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 from flowerdemo.core.stats import LatencySummary, StatsSnapshot
 
 HISTORY_S = 60.0
+MIN_RATE_WINDOW_S = 0.5
 MIN_SAMPLES_FOR_VERDICT = 3
 """Fewer answers than this in the window say nothing about p99: no budget verdict."""
 
@@ -222,11 +223,15 @@ class LivePanel(QWidget):
         self._refresh_times.append(now)
         window = snapshot.window
         have_window = window.count > 0
+        # A rate over the first instants after a (re)start is one burst divided by almost no
+        # time: leave it out rather than draw a spike.
+        settled = snapshot.window_s >= MIN_RATE_WINDOW_S
+        rate = snapshot.window_images_per_s if settled else math.nan
         ms = (lambda s: s * 1000.0) if have_window else (lambda _s: math.nan)
         self._history.append(
             (
                 now,
-                snapshot.window_images_per_s,
+                rate,
                 ms(window.p50),
                 ms(window.p90),
                 ms(window.p99),
@@ -236,7 +241,7 @@ class LivePanel(QWidget):
             self._history.popleft()
 
         verdict = self._judge(window)
-        self.throughput.set(f"{snapshot.window_images_per_s:,.0f}")
+        self.throughput.set(f"{rate:,.0f}" if settled else "–")
         for figure, value in (
             (self.p50, window.p50),
             (self.p90, window.p90),
