@@ -93,7 +93,7 @@ def test_an_unknown_split_is_refused(tmp_path):
 def test_a_shard_without_an_array_says_which(tmp_path, sample_files):
     path = shard_path(tmp_path, "train")
     np.savez(path, jpeg=np.zeros(3, np.uint8), offsets=np.array([0, 3]))
-    with pytest.raises(PackError, match="missing array.*labels, image_ids"):
+    with pytest.raises(PackError, match=r"missing array.*labels, image_ids"):
         read_split(tmp_path, "train")
 
 
