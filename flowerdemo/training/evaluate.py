@@ -57,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"{args.model}: no such ONNX file")
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(
-        str(args.model), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
     results: dict[str, Any] = {"model": args.model.name, "onnxruntime": ort.__version__}
     for split in [name.strip() for name in args.splits.split(",") if name.strip()]:
         metrics = evaluate_split(session, args.pack, split, args.batch_size)
