@@ -40,7 +40,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 
 from flowerdemo.options import RunOptions
 from flowerdemo.serving.stack import LocalStack, StackSettings
-from flowerdemo.ui.app import make_application, route_qt_messages
+from flowerdemo.ui.app import freeze_startup_objects, make_application, route_qt_messages
 from flowerdemo.ui.inference_task import TaskState
 from flowerdemo.ui.main_window import MainWindow
 
@@ -171,6 +171,7 @@ async def benchmark(args: argparse.Namespace) -> int:
             await wait_for(
                 lambda: window.task.state is TaskState.CONNECTED, 60, "connecting the window"
             )
+            freeze_startup_objects()  # as the app does once connected
             phases.append(await measure(window, "idle", args.idle))
 
             # Probe through the window's own concurrency control, as an operator would.

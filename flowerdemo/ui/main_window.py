@@ -249,7 +249,12 @@ class MainWindow(QMainWindow):
         if isinstance(geometry, QByteArray | bytes):
             self.restoreGeometry(QByteArray(geometry))
         else:
-            self.resize(1440, 900)
+            # First run: most of the screen, since the photos want the room.
+            available = self.screen().availableGeometry()
+            self.resize(
+                min(available.width(), max(1280, available.width() * 9 // 10)),
+                min(available.height(), max(800, available.height() * 9 // 10)),
+            )
         state = saved.value("window/state")
         if isinstance(state, QByteArray | bytes):
             self.restoreState(QByteArray(state))
@@ -277,7 +282,16 @@ class MainWindow(QMainWindow):
         if self._startup is None:
             self._refresh_timer.start()
             self._startup = asyncio.ensure_future(self._start_up())
+            self._startup.add_done_callback(self._report_startup_failure)
         return self._startup
+
+    def _report_startup_failure(self, startup: asyncio.Task[None]) -> None:
+        if startup.cancelled():
+            return
+        error = startup.exception()
+        if error is not None:
+            log.error("start-up failed", exc_info=error)
+            self._on_problem("error", f"Start-up failed: {type(error).__name__}: {error}")
 
     async def _start_up(self) -> None:
         options = self._options
