@@ -340,7 +340,8 @@ class MainWindow(QMainWindow):
                 f"{len(loaded.problems)} file(s) in {options.images_dir} could not be used "
                 f"(see the log{f'; {more} more not listed' if more > 0 else ''}).",
             )
-        self.log_panel.add(Severity.INFO, f"{len(loaded.images)} photos from {options.images_dir}")
+        where = f"from {options.images}" if options.images else "(the bundled samples)"
+        self.log_panel.add(Severity.INFO, f"{len(loaded.images)} photos {where}")
         self._overlay_text(None)
         return True
 
