@@ -6,6 +6,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,11 @@ def plot_sweeps(
     budget_ms: float,
     title: str,
     prefix: str = "",
+    log_x: bool = False,
 ) -> tuple[Path, Path]:
-    """Write throughput.png and latency_p90.png (with the budget as a dashed line)."""
+    """Write throughput.png and latency_p90.png (with the budget as a dashed line).
+
+    `log_x` puts concurrency on a log2 axis, for sweeps over powers of two (1 to 256)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +65,7 @@ def plot_sweeps(
             ms=3,
             label=label,
         )
-    axes.set_xlabel("concurrency (requests outstanding)")
+    _concurrency_axis(axes, log_x)
     axes.set_ylabel("throughput (images/s)")
     axes.set_title(f"Throughput against concurrency\n{title}", fontsize=10)
     axes.grid(alpha=0.3)
@@ -83,7 +87,7 @@ def plot_sweeps(
     axes.axhline(
         budget_ms, color="crimson", linestyle="--", linewidth=1.2, label=f"budget {budget_ms:g} ms"
     )
-    axes.set_xlabel("concurrency (requests outstanding)")
+    _concurrency_axis(axes, log_x)
     axes.set_ylabel("p90 latency (ms)")
     axes.set_title(f"p90 latency against concurrency\n{title}", fontsize=10)
     axes.grid(alpha=0.3)
@@ -93,6 +97,15 @@ def plot_sweeps(
     figure.savefig(latency_path)
     plt.close(figure)
     return throughput_path, latency_path
+
+
+def _concurrency_axis(axes: Any, log_x: bool) -> None:
+    axes.set_xlabel("concurrency (requests outstanding)")
+    if log_x:
+        from matplotlib.ticker import ScalarFormatter
+
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_formatter(ScalarFormatter())
 
 
 def best_within_budget(points: Sequence[SweepPoint], budget_ms: float) -> SweepPoint | None:
