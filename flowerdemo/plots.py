@@ -102,10 +102,10 @@ def plot_sweeps(
 def _concurrency_axis(axes: Any, log_x: bool) -> None:
     axes.set_xlabel("concurrency (requests outstanding)")
     if log_x:
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
         axes.set_xscale("log", base=2)
-        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def best_within_budget(points: Sequence[SweepPoint], budget_ms: float) -> SweepPoint | None:
