@@ -1,0 +1,582 @@
+"""ResNet-50 FP16 on CUDA as a Triton Python-backend model, and the repository that serves it.
+
+One file, three uses:
+- Triton's Python-backend stub runs it as `<repo>/resnet50/1/model.py` (`TritonPythonModel`);
+- the GPU benchmark imports it to write that repository (`write_repository`), which needs
+  neither torch nor Triton;
+- `python resnet50_model.py --cpu-smoke | --gpu-smoke` checks the network without Triton.
+
+The network is ResNet-50 v1.5 with a 102-class head and a softmax, built here with exactly
+torchvision's module names (a torchvision `resnet50(num_classes=102)` state dict loads as it is;
+`--gpu-smoke` checks that against torchvision where it is installed). Weights are random (seeded)
+unless the config's `weights` parameter names a state dict. On the GPU it runs in FP16,
+channels_last, with every BatchNorm folded into its convolution. What keeps it fast under load
+(a naive eager model collapsed at concurrency 16 on the H100):
+- one CUDA graph per batch bucket (1, 2, 4, ... 128), captured and warmed at load, so a batch
+  costs one graph launch instead of ~160 kernel launches;
+- each dynamic batch is padded up to its bucket, so no new shape ever reaches cuDNN under load
+  (every new shape would otherwise trigger a fresh autotune); the config's
+  `preferred_batch_size` is the same bucket list, so Triton mostly forms exact buckets;
+- inputs (FP32, NCHW, as clients send them) are copied request by request into one pinned
+  buffer, each slice's host-to-device copy queued as soon as it is there, and converted to FP16
+  and channels_last on the GPU, inside the graph.
+On the CPU (`KIND_CPU`, for tests) the same network runs eagerly in FP32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "resnet50"
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+NUM_CLASSES = 102
+IMAGE_SHAPE = (3, 224, 224)
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+WARMUP_RUNS = 3
+LABELS_FILE_NAME = "labels.txt"
+
+
+# ----- the network ---------------------------------------------------------------------------
+
+
+def build_resnet50(num_classes: int = NUM_CLASSES) -> Any:
+    """ResNet-50 v1.5 (stride on the 3x3 convolution), named as torchvision names it."""
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):  # type: ignore[misc]
+        expansion = 4
+
+        def __init__(self, in_channels: int, width: int, stride: int) -> None:
+            super().__init__()
+            out_channels = width * self.expansion
+            self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out_channels)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample: nn.Module | None = None
+            if stride != 1 or in_channels != out_channels:
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            return self.relu(out + identity)  # type: ignore[no-any-return]
+
+    class ResNet50(nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            channels = 64
+            stages = []
+            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                layers = []
+                for index in range(blocks):
+                    layers.append(Bottleneck(channels, width, stride if index == 0 else 1))
+                    channels = width * Bottleneck.expansion
+                stages.append(nn.Sequential(*layers))
+            self.layer1, self.layer2, self.layer3, self.layer4 = stages
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(channels, num_classes)
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))  # type: ignore[no-any-return]
+
+    return ResNet50()
+
+
+def randomize_batchnorm(model: Any, seed: int) -> None:
+    """Give every BatchNorm non-trivial statistics, so folding them is really exercised."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            count = module.num_features
+            with torch.no_grad():
+                module.weight.copy_(0.5 + torch.rand(count, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(count, generator=generator))
+                module.running_mean.copy_(0.1 * torch.randn(count, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(count, generator=generator))
+
+
+def load_weights(model: Any, path: Path) -> None:
+    """A state dict file (or its `.part0`, `.part1`, ... pieces) with torchvision's key names."""
+    import torch
+
+    path = Path(path)
+    if path.is_file():
+        data = path.read_bytes()
+    else:
+        parts = sorted(
+            path.parent.glob(f"{path.name}.part*"), key=lambda p: int(p.suffix[len(".part") :])
+        )
+        if not parts:
+            raise FileNotFoundError(f"weights {path}: no such file (nor {path.name}.part0...)")
+        data = b"".join(part.read_bytes() for part in parts)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {
+        k.removeprefix("module.").removeprefix("classifier."): v.float()
+        if v.is_floating_point()
+        else v
+        for k, v in state.items()
+    }
+    model.load_state_dict(state, strict=True)
+
+
+def fold_batchnorm(model: Any) -> Any:
+    """Fold each BatchNorm into the convolution before it (eval mode only); returns the model."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+
+    def fold(parent: Any, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, nn.Identity())
+
+    fold(model, "conv1", "bn1")
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            for index in (1, 2, 3):
+                fold(block, f"conv{index}", f"bn{index}")
+            if block.downsample is not None:
+                fold(block.downsample, "0", "1")
+    return model
+
+
+def make_network(weights: str = "", seed: int = 0) -> Any:
+    """The served network on the CPU in FP32, eval mode, BatchNorm folded."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_resnet50()
+    if weights:
+        load_weights(model, Path(weights))
+    else:
+        randomize_batchnorm(model, seed)
+    return fold_batchnorm(model.eval())
+
+
+def bucket_for(count: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `count` images."""
+    for bucket in buckets:
+        if bucket >= count:
+            return bucket
+    raise ValueError(f"a batch of {count} is larger than the largest bucket {buckets[-1]}")
+
+
+class Runner:
+    """Runs batches of FP32 NCHW images through the network; returns FP32 probabilities."""
+
+    def __init__(
+        self,
+        network: Any,
+        *,
+        device: str,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        copy_threads: int = 4,
+        cudnn_benchmark: bool = True,
+        use_graphs: bool = True,
+    ) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.buckets = tuple(sorted(buckets))
+        self.max_batch = self.buckets[-1]
+        torch.set_num_threads(max(1, copy_threads))
+        self.cuda = self.device.type == "cuda"
+        self.graphs: dict[int, Any] = {}
+        self.outputs: dict[int, Any] = {}
+        if not self.cuda:
+            self.network = network.float().eval()
+            return
+        torch.cuda.set_device(self.device)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        self.network = network.to(self.device).half().to(memory_format=torch.channels_last).eval()
+        self.stream = torch.cuda.Stream(self.device)
+        self.host_in = torch.empty((self.max_batch, *IMAGE_SHAPE), dtype=torch.float32).pin_memory()
+        self.host_out = torch.empty((self.max_batch, NUM_CLASSES), dtype=torch.float32).pin_memory()
+        self.device_in = torch.zeros(
+            (self.max_batch, *IMAGE_SHAPE), dtype=torch.float32, device=self.device
+        )
+        self.load_seconds: dict[int, float] = {}
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            # Warm every bucket first (cuDNN picks its algorithms here), then capture.
+            for bucket in self.buckets:
+                started = time.perf_counter()
+                for _ in range(WARMUP_RUNS):
+                    self._forward(self.device_in[:bucket])
+                self.stream.synchronize()
+                self.load_seconds[bucket] = time.perf_counter() - started
+        if use_graphs:
+            for bucket in self.buckets:
+                graph = torch.cuda.CUDAGraph()
+                with torch.inference_mode(), torch.cuda.graph(graph, stream=self.stream):
+                    output = self._forward(self.device_in[:bucket])
+                self.graphs[bucket] = graph
+                self.outputs[bucket] = output
+            with torch.cuda.stream(self.stream):
+                for bucket in self.buckets:
+                    self.graphs[bucket].replay()
+            self.stream.synchronize()
+
+    def _forward(self, batch: Any) -> Any:
+        torch = self.torch
+        if self.cuda:
+            batch = batch.to(torch.float16).contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.network(batch).float(), dim=1)
+
+    def run(self, arrays: Sequence[Any]) -> Any:
+        """One batch made of `arrays` (each [k, 3, 224, 224] float32); returns [sum k, 102]."""
+        import numpy as np
+
+        torch = self.torch
+        count = sum(int(a.shape[0]) for a in arrays)
+        if count > self.max_batch:
+            # Triton never forms a batch above max_batch_size; split anyway rather than fail.
+            results, group, size = [], [], 0
+            for array in arrays:
+                if size + array.shape[0] > self.max_batch and group:
+                    results.append(self.run(group))
+                    group, size = [], 0
+                group.append(array)
+                size += array.shape[0]
+            results.append(self.run(group))
+            return np.concatenate(results, axis=0)
+        if not self.cuda:
+            batch = torch.from_numpy(
+                np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+            )
+            with torch.inference_mode():
+                return self._forward(batch.float()).numpy()
+        bucket = bucket_for(count, self.buckets)
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            offset = 0
+            for array in arrays:
+                size = int(array.shape[0])
+                host = self.host_in[offset : offset + size]
+                host.copy_(torch.from_numpy(array))
+                self.device_in[offset : offset + size].copy_(host, non_blocking=True)
+                offset += size
+            # Rows past `count` keep an earlier batch's images: their results are dropped.
+            if self.graphs:
+                self.graphs[bucket].replay()
+                output = self.outputs[bucket]
+            else:
+                output = self._forward(self.device_in[:bucket])
+            self.host_out[:count].copy_(output[:count], non_blocking=True)
+        self.stream.synchronize()
+        return self.host_out[:count].numpy().copy()
+
+
+# ----- the Triton Python-backend model -------------------------------------------------------
+
+
+def _parameter(config: dict[str, Any], key: str, default: str) -> str:
+    entry = config.get("parameters", {}).get(key)
+    if not entry:
+        return default
+    return str(entry.get("string_value", default))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        import warnings
+
+        import triton_python_backend_utils as pb_utils
+
+        # Triton's input arrays live in read-only shared memory; torch warns on wrapping one.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        self.pb_utils = pb_utils
+        config = json.loads(args["model_config"])
+        kind = args.get("model_instance_kind", "CPU")
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+        buckets = tuple(
+            int(b) for b in _parameter(config, "buckets", "1,2,4,8,16,32,64,128").split(",")
+        )
+        weights = _parameter(config, "weights", "")
+        started = time.perf_counter()
+        network = make_network(weights, int(_parameter(config, "seed", "0")))
+        self.runner = Runner(
+            network,
+            device=device,
+            buckets=buckets,
+            copy_threads=int(_parameter(config, "copy_threads", "4")),
+            cudnn_benchmark=_parameter(config, "cudnn_benchmark", "1") == "1",
+            use_graphs=_parameter(config, "cuda_graphs", "1") == "1",
+        )
+        print(
+            f"resnet50 instance {args.get('model_instance_name', '?')} on {device}: "
+            f"{'weights ' + weights if weights else 'random weights'}, buckets {list(buckets)}, "
+            f"{'CUDA graphs' if self.runner.graphs else 'eager'}, ready in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb_utils = self.pb_utils
+        try:
+            arrays = [
+                pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy()
+                for request in requests
+            ]
+            result = self.runner.run(arrays)
+        except Exception as error:  # every request must get an answer, even on failure
+            message = f"resnet50 failed on a batch of {len(requests)} requests: {error}"
+            return [
+                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+                for _ in requests
+            ]
+        responses = []
+        offset = 0
+        for array in arrays:
+            size = int(array.shape[0])
+            tensor = pb_utils.Tensor(OUTPUT_NAME, result[offset : offset + size])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            offset += size
+        return responses
+
+    def finalize(self) -> None:
+        self.runner = None  # type: ignore[assignment]
+
+
+# ----- the repository ------------------------------------------------------------------------
+
+
+def config_pbtxt(
+    *,
+    model_name: str = MODEL_NAME,
+    kind: str = "gpu",
+    instances: int = 1,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    max_queue_delay_us: int = 100,
+    weights: str = "",
+    copy_threads: int = 4,
+    cudnn_benchmark: bool = True,
+    cuda_graphs: bool = True,
+    seed: int = 0,
+) -> str:
+    """config.pbtxt: batch-1 requests batched dynamically into the buckets, max batch = largest."""
+    buckets = tuple(sorted(buckets))
+    if not buckets or buckets[0] < 1:
+        raise ValueError(f"buckets {buckets}: need at least one size, each 1 or more")
+    if kind not in ("gpu", "cpu"):
+        raise ValueError(f"kind {kind!r}: 'gpu' or 'cpu'")
+    if instances < 1:
+        raise ValueError(f"instances {instances}: 1 or more")
+    sizes = ", ".join(str(b) for b in buckets)
+    group = ["    kind: KIND_GPU", "    gpus: [ 0 ]"] if kind == "gpu" else ["    kind: KIND_CPU"]
+    parameters = {
+        "buckets": ",".join(str(b) for b in buckets),
+        "weights": weights,
+        "copy_threads": str(copy_threads),
+        "cudnn_benchmark": "1" if cudnn_benchmark else "0",
+        "cuda_graphs": "1" if cuda_graphs else "0",
+        "seed": str(seed),
+    }
+    lines = [
+        f'name: "{model_name}"',
+        'backend: "python"',
+        f"max_batch_size: {buckets[-1]}",
+        "input [",
+        "  {",
+        f'    name: "{INPUT_NAME}"',
+        "    data_type: TYPE_FP32",
+        "    format: FORMAT_NCHW",
+        "    dims: [ 3, 224, 224 ]",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f'    name: "{OUTPUT_NAME}"',
+        "    data_type: TYPE_FP32",
+        f"    dims: [ {NUM_CLASSES} ]",
+        f'    label_filename: "{LABELS_FILE_NAME}"',
+        "  }",
+        "]",
+        "dynamic_batching {",
+        f"  preferred_batch_size: [ {sizes} ]",
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
+        "}",
+        "instance_group [",
+        "  {",
+        f"    count: {instances}",
+        *group,
+        "  }",
+        "]",
+    ]
+    lines += [
+        f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+        for key, value in parameters.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(root: Path, labels: Path, **options: Any) -> Path:
+    """Write `<root>/<model_name>/{config.pbtxt, labels.txt, 1/model.py}`; returns `root`."""
+    root = Path(root)
+    model_dir = root / options.get("model_name", MODEL_NAME)
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    names = [line for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != NUM_CLASSES:
+        raise ValueError(f"labels file {labels}: {len(names)} labels, the head has {NUM_CLASSES}")
+    (model_dir / LABELS_FILE_NAME).write_text("\n".join(names) + "\n", encoding="utf-8")
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(**options), encoding="utf-8")
+    (model_dir / "1" / "model.py").write_text(
+        Path(__file__).read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    return root
+
+
+# ----- smoke checks without Triton -----------------------------------------------------------
+
+
+def _torchvision_parity(network_seed: int = 0) -> str:
+    """Same keys and shapes as torchvision's resnet50(num_classes=102), same outputs."""
+    import torch
+
+    try:
+        import torchvision
+    except ImportError:
+        return "torchvision not installed: parity not checked"
+    ours = build_resnet50().eval()
+    theirs = torchvision.models.resnet50(num_classes=NUM_CLASSES).eval()
+    a, b = ours.state_dict(), theirs.state_dict()
+    if list(a) != list(b) or any(a[k].shape != b[k].shape for k in a):
+        raise AssertionError("state dict differs from torchvision's resnet50")
+    torch.manual_seed(network_seed)
+    theirs.load_state_dict(a)
+    x = torch.randn(2, *IMAGE_SHAPE)
+    with torch.inference_mode():
+        gap = (ours(x) - theirs(x)).abs().max().item()
+    if gap > 1e-4:
+        raise AssertionError(f"outputs differ from torchvision's by {gap}")
+    return f"torchvision {torchvision.__version__}: same keys, shapes and outputs"
+
+
+def cpu_smoke(buckets: Sequence[int] = (1, 2, 4)) -> None:
+    """The network, BatchNorm folding, bucketing and the runner on the CPU (FP32)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    reference = build_resnet50()
+    randomize_batchnorm(reference, 0)
+    reference.eval()
+    folded = make_network(seed=0)
+    x = torch.randn(3, *IMAGE_SHAPE)
+    with torch.inference_mode():
+        expected = torch.softmax(reference(x), dim=1).numpy()
+    runner = Runner(folded, device="cpu", buckets=buckets, copy_threads=1)
+    got = runner.run([x[:1].numpy(), x[1:].numpy()])
+    assert got.shape == (3, NUM_CLASSES) and got.dtype == np.float32, (got.shape, got.dtype)
+    gap = float(np.abs(got - expected).max())
+    assert gap < 1e-4, f"folded network differs by {gap}"
+    assert np.allclose(got.sum(axis=1), 1.0, atol=1e-4)
+    assert bucket_for(3, (1, 2, 4, 8)) == 4 and bucket_for(1, (1, 2)) == 1
+    print(f"cpu smoke: ok (folded vs unfolded max gap {gap:.2e}); {_torchvision_parity()}")
+
+
+def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) -> dict[str, Any]:
+    """Load like Triton would, check graphs against eager, time each bucket (no Triton)."""
+    import numpy as np
+    import torch
+
+    started = time.perf_counter()
+    runner = Runner(make_network(seed=0), device="cuda:0", buckets=buckets)
+    load_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, *IMAGE_SHAPE), dtype=np.float32)
+    got = runner.run([x[:2], x[2:]])
+    eager = Runner.__new__(Runner)
+    eager.__dict__.update(runner.__dict__)
+    eager.graphs = {}
+    expected = eager.run([x])
+    gap = float(np.abs(got - expected).max())
+    timings = {}
+    for bucket in runner.buckets:
+        batch = [rng.standard_normal((1, *IMAGE_SHAPE), dtype=np.float32)] * bucket
+        runner.run(batch)
+        count, begin = 0, time.perf_counter()
+        while time.perf_counter() - begin < seconds / len(runner.buckets):
+            runner.run(batch)
+            count += 1
+        per_batch = (time.perf_counter() - begin) / count
+        timings[bucket] = {"ms": round(per_batch * 1000, 3), "img_per_s": round(bucket / per_batch)}
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "load_s": round(load_s, 1),
+        "graph_vs_eager_max_gap": gap,
+        "parity": _torchvision_parity(),
+        "per_bucket_with_host_copies": timings,
+    }
+    assert gap < 1e-2, f"graph and eager results differ by {gap}"
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--cpu-smoke", action="store_true", help="check the network on the CPU")
+    group.add_argument("--gpu-smoke", action="store_true", help="check and time it on cuda:0")
+    group.add_argument("--write-repository", type=Path, metavar="DIR")
+    parser.add_argument("--labels", type=Path, help="labels file for --write-repository")
+    parser.add_argument("--kind", choices=("gpu", "cpu"), default="gpu")
+    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--buckets", default=",".join(str(b) for b in DEFAULT_BUCKETS))
+    parser.add_argument("--seconds", type=float, default=2.0, help="--gpu-smoke: timing, in all")
+    args = parser.parse_args(argv)
+    buckets = tuple(int(b) for b in args.buckets.split(","))
+    if args.cpu_smoke:
+        cpu_smoke()
+    elif args.gpu_smoke:
+        print(json.dumps(gpu_smoke(buckets, args.seconds), indent=1))
+    else:
+        if args.labels is None:
+            parser.error("--write-repository needs --labels")
+        write_repository(
+            args.write_repository,
+            args.labels,
+            kind=args.kind,
+            instances=args.instances,
+            buckets=buckets,
+        )
+        print(f"repository written: {args.write_repository}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
