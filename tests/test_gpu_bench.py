@@ -1,0 +1,289 @@
+"""The GPU benchmark's parts that need no GPU: configurations, the ResNet-50 repository, merging
+windows from several load processes, the report's figures, and staging a payload.
+
+The network itself (`resnet50_model.py --cpu-smoke`), the whole driver against a real stack on the
+CPU (`run_gpu_bench.py --cpu`) and pack.sh need torch or the network; see benchmarks/gpu/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import sys
+import tarfile
+from array import array
+from pathlib import Path
+
+import pytest
+
+GPU_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu"
+sys.path.insert(0, str(GPU_DIR))
+
+import multiload  # noqa: E402
+import resnet50_model  # noqa: E402
+import run_gpu_bench  # noqa: E402
+import stage  # noqa: E402
+
+from flowerdemo.core.sweep import SweepSettings, WindowMeasurement  # noqa: E402
+from flowerdemo.resources import labels_file  # noqa: E402
+
+
+def _configs(text: str) -> list[run_gpu_bench.Config]:
+    return run_gpu_bench.parse_configs(
+        text,
+        mps_percentage=14,
+        whole_instances=2,
+        mps_instances=1,
+        whole_copy_threads=4,
+        mps_copy_threads=2,
+    )
+
+
+def test_configurations_parse_and_say_not_mig():
+    whole, mps1, mps7, whole3, mps4x2 = _configs("whole,mps1,mps7,wholex3,mps4x2")
+    assert (whole.tritons, whole.mps, whole.model_instances) == (1, False, 2)
+    assert (mps7.tritons, mps7.mps, mps7.model_instances, mps7.copy_threads) == (7, True, 1, 2)
+    assert whole3.model_instances == 3 and (mps4x2.tritons, mps4x2.model_instances) == (4, 2)
+    assert "NOT MIG" in mps7.title("H100") and "7 processes" in mps7.title("H100")
+    assert "NOT MIG" in mps1.title("H100") and "14%" in mps1.title("H100")
+    assert "NOT MIG" not in whole.title("H100") and "no MPS" in whole.title("H100")
+    with pytest.raises(ValueError, match="configuration 'mig7'"):
+        _configs("mig7")
+
+
+def test_repository_batches_into_the_graph_buckets(tmp_path):
+    root = resnet50_model.write_repository(
+        tmp_path / "repo", labels_file(), instances=2, weights="w.pt", copy_threads=3
+    )
+    model = root / "resnet50"
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*")) == [
+        "1",
+        "1/model.py",
+        "config.pbtxt",
+        "labels.txt",
+    ]
+    config = (model / "config.pbtxt").read_text()
+    for expected in (
+        'name: "resnet50"',
+        'backend: "python"',
+        "max_batch_size: 128",
+        "preferred_batch_size: [ 1, 2, 4, 8, 16, 32, 64, 128 ]",
+        "max_queue_delay_microseconds: 100",
+        "count: 2",
+        "kind: KIND_GPU",
+        "gpus: [ 0 ]",
+        "data_type: TYPE_FP32",
+        "dims: [ 3, 224, 224 ]",
+        "dims: [ 102 ]",
+        'label_filename: "labels.txt"',
+        'key: "buckets" value: { string_value: "1,2,4,8,16,32,64,128" }',
+        'key: "weights" value: { string_value: "w.pt" }',
+        'key: "copy_threads" value: { string_value: "3" }',
+    ):
+        assert expected in config, expected
+    assert "class TritonPythonModel" in (model / "1" / "model.py").read_text()
+    cpu = resnet50_model.config_pbtxt(kind="cpu", buckets=(4, 1, 2))
+    assert "kind: KIND_CPU" in cpu and "max_batch_size: 4" in cpu and "gpus" not in cpu
+
+
+def test_a_batch_goes_to_the_smallest_bucket_that_holds_it():
+    buckets = resnet50_model.DEFAULT_BUCKETS
+    assert [resnet50_model.bucket_for(n, buckets) for n in (1, 2, 3, 5, 33, 128)] == [
+        1,
+        2,
+        4,
+        8,
+        64,
+        128,
+    ]
+    with pytest.raises(ValueError):
+        resnet50_model.bucket_for(129, buckets)
+
+
+def test_concurrency_is_spread_over_the_load_processes():
+    assert multiload.shares(1, 8) == [1]
+    assert multiload.shares(8, 8) == [1] * 8
+    assert multiload.shares(20, 8) == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert sum(multiload.shares(256, 6)) == 256
+
+
+def _part(seconds: float, latencies: list[float], failed: int = 0) -> multiload.WindowPart:
+    return multiload.WindowPart(seconds, len(latencies), array("d", latencies).tobytes(), failed)
+
+
+def test_windows_of_all_processes_merge_into_one():
+    merged = multiload.merge_windows([_part(1.0, [0.010, 0.020]), _part(0.5, [0.030], failed=2)])
+    assert merged.images_per_s == pytest.approx(2 + 2)
+    assert merged.requests_per_s == pytest.approx(4)
+    assert sorted(merged.latencies_s) == [0.010, 0.020, 0.030]
+    assert merged.failed == 2
+
+
+def test_a_step_uses_the_last_stable_windows_as_run_sweep_does():
+    settings = SweepSettings((1,), stable_windows=3, tolerance=0.1, max_windows=5)
+    noisy = WindowMeasurement(50.0, 50.0, (0.5,), 1)
+    steady = WindowMeasurement(100.0, 100.0, (0.010,) * 10, 0)
+    step = multiload.make_step(4, [noisy, steady, steady, steady], settings)
+    assert step.stable and step.windows == 4 and step.failed == 1
+    assert step.images_per_s == pytest.approx(100.0)
+    assert step.latency.p90 == pytest.approx(0.010)
+
+
+def _meta(name: str, mps: bool, points: list[tuple[int, float, float, float]]) -> dict:
+    return {
+        "config": {"name": name, "mps": mps},
+        "label": name,
+        "title": f"H100, NOT MIG: {name}" if mps else "H100: whole",
+        "status": "done",
+        "load_s": 30.0,
+        "weights": "random (seed 0)",
+        "points": [
+            {
+                "concurrency": c,
+                "ours": {
+                    "images_per_s": t,
+                    "p50_ms": p50,
+                    "p90_ms": p90,
+                    "p99_ms": p90,
+                    "failed": 0,
+                    "windows": 3,
+                    "stable": True,
+                },
+                "perf_analyzer": {
+                    "Concurrency": str(c),
+                    "Inferences/Second": str(t * 1.02),
+                    "p50 latency": str(int(p50 * 1000)),
+                    "p90 latency": str(int(p90 * 1000)),
+                },
+            }
+            for c, t, p50, p90 in points
+        ],
+    }
+
+
+def test_report_figures_budget_scaling_and_collapse():
+    curve = run_gpu_bench.Curve(
+        [1, 2, 4, 8], [100.0, 190.0, 170.0, 300.0], [1, 1, 1, 1], [10, 20, 60, 40]
+    )
+    assert run_gpu_bench.budget_figures(curve, 50.0) == (8, 300.0)
+    fall, where = run_gpu_bench.largest_fall(curve)
+    assert fall == pytest.approx(20 / 190) and where == 4
+    metas = {
+        "whole": _meta("whole", False, [(1, 450.0, 2.2, 2.6), (256, 9000.0, 25.0, 30.0)]),
+        "mps1": _meta(
+            "mps1", True, [(1, 300.0, 3.0, 3.5), (256, 1000.0, 60.0, 70.0), (64, 900.0, 30.0, 45.0)]
+        ),
+        "mps7": _meta("mps7", True, [(1, 300.0, 3.0, 3.5), (256, 5400.0, 40.0, 48.0)]),
+    }
+    text = run_gpu_bench.summary_markdown(metas, "plan", "machine", 50.0)
+    assert "NOT MIG" in text
+    assert "| 7 vs 1 MPS instances at p90 <= 50 ms: >= 5x | 6.00x | yes |" in text
+    assert "| whole GPU: p50 at concurrency 1 <= 2.5 ms | 2.20 ms | yes |" in text
+    assert "| whole GPU: peak >= 8,000 img/s | 9,000 img/s | yes |" in text
+    assert "0.980" in text  # ours / perf_analyzer at each point
+    assert math.isclose(run_gpu_bench.largest_fall(run_gpu_bench.curves(metas["mps1"])[0])[0], 0.1)
+
+
+def _fake_payload(tmp_path: Path) -> tuple[bytes, dict]:
+    def xz_tar(files: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    import lzma
+
+    members = {
+        "triton.tar.xz": xz_tar({"pytriton/tritonserver/bin/tritonserver": b"x"}),
+        "envoy.xz": lzma.compress(b"envoy"),
+        "pylibs.tar.xz": xz_tar({"fakepkg/__init__.py": b"VALUE = 1\n"}),
+        "perf.tar.xz": xz_tar({"perf_analyzer": b"pa", "lib/libb64.so.0d": b"b"}),
+        "versions.json": b"{}",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    payload = buffer.getvalue()
+    half = len(payload) // 2
+    pieces = [payload[:half], payload[half:]]
+    manifest = {
+        "payload": {
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+            "pieces": [
+                {
+                    "name": f"payload.part{i}",
+                    "folder": f".gpu-{'ab'[i]}",
+                    "size": len(p),
+                    "sha256": hashlib.sha256(p).hexdigest(),
+                }
+                for i, p in enumerate(pieces)
+            ],
+        },
+        "weights": [],
+    }
+    for index, folder in enumerate((".gpu-a", ".gpu-b", ".gpu-c")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "MANIFEST.json").write_text(json.dumps(manifest))
+        if index < 2:
+            (tmp_path / folder / f"payload.part{index}").write_bytes(pieces[index])
+    return payload, manifest
+
+
+def test_stage_keeps_pieces_until_all_came_then_installs(tmp_path):
+    _fake_payload(tmp_path)
+    home = tmp_path / "home"
+    assert stage.main([str(tmp_path / ".gpu-a"), "--home", str(home)]) == 0
+    assert (home / "incoming" / "payload.part0").is_file() and not (home / ".installed").exists()
+    # Incomplete and asked to be complete: refuses.
+    assert stage.main([str(tmp_path / ".gpu-c"), "--home", str(home), "--require-complete"]) == 1
+    stage.main([str(tmp_path / ".gpu-b"), "--home", str(home)])
+    assert (home / ".installed").is_file()
+    assert (home / "bin" / "envoy").read_bytes() == b"envoy"
+    assert (home / "triton" / "pytriton" / "__init__.py").is_file()
+    assert (home / "perf" / "lib" / "libb64.so.0d").is_file()
+    assert not (home / "incoming").exists()
+    pth = next((home / "venv").rglob("flowerdemo_gpu.pth")).read_text().splitlines()
+    # The carried packages come before the machine's own site-packages.
+    assert pth[0] == str(home / "site") and pth[1] == str(home / "triton")
+    assert pth[2].startswith("import site; site.addsitedir(")
+    # A damaged piece is refused.
+    (tmp_path / ".gpu-a" / "payload.part0").write_bytes(b"damaged")
+    with pytest.raises(SystemExit, match="damaged"):
+        stage.main([str(tmp_path / ".gpu-a"), "--home", str(tmp_path / "other")])
+
+
+def test_outputs_hold_the_summary_charts_and_every_configuration(tmp_path):
+    results = tmp_path / "results"
+    for name, mps, points in (
+        ("whole", False, [(1, 450.0, 2.2, 2.6), (16, 5000.0, 3.0, 4.0), (256, 9000.0, 25.0, 30.0)]),
+        ("mps7", True, [(1, 300.0, 3.0, 3.5), (16, 3000.0, 5.0, 6.0), (256, 5400.0, 40.0, 48.0)]),
+    ):
+        (results / name).mkdir(parents=True)
+        (results / name / "meta.json").write_text(json.dumps(_meta(name, mps, points)))
+    out = tmp_path / "out"
+    run_gpu_bench.write_outputs(results, out, "the plan", 50.0, None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "latency_p90.png",
+        "results.tar.gz",
+        "summary.md",
+        "throughput.png",
+    ]
+    with tarfile.open(out / "results.tar.gz") as archive:
+        names = archive.getnames()
+    for name in ("whole", "mps7"):
+        assert f"gpu-results/{name}/throughput.png" in names
+        assert f"gpu-results/{name}/latency_p90.png" in names
+    assert "Charts:" not in (out / "summary.md").read_text()
+    # Merging what two device calls brought back gives the same report, one folder each.
+    merged = tmp_path / "merged"
+    assert run_gpu_bench.summarize_folders([out], merged, 50.0) == 0
+    assert (merged / "summary.md").is_file() and (merged / "mps7" / "meta.json").is_file()
