@@ -241,3 +241,62 @@ def test_settings_persist_between_runs(qtbot, open_window, tmp_path: Path, free_
     )
     assert third.controls.concurrency_spin.value() == 32
     assert third.controls.budget_spin.value() == 80
+
+
+@pytest.mark.stack
+def test_top_k_and_batch_size_changes_reconnect_and_apply(qtbot, open_window, local_stack):
+    window = open_window(RunOptions(url=local_stack.grpc_url, topk=3))
+    connected(qtbot, window)
+    first_connection = window.task.connection
+
+    window.controls.topk_spin.setValue(5)
+    window.controls.batch_spin.setValue(4)
+    # One reconnection for both changes, once the operator stops turning the spin boxes.
+    qtbot.waitUntil(
+        lambda: (
+            window.task.connection is not None
+            and window.task.connection is not first_connection
+            and window.task.state is TaskState.CONNECTED
+        ),
+        timeout=10_000,
+    )
+    click_tile(qtbot, window, 2)
+    qtbot.waitUntil(lambda: window.grid.tile(2).answered, timeout=10_000)
+    assert len(window.grid.tile(2).topk) == 5
+
+    # Automatic mode sends four photos per request: four tiles per answer.
+    qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.task.snapshot().answered >= 10, timeout=20_000)
+    window.task.cancel()
+    qtbot.waitUntil(lambda: not window.task.running_auto, timeout=10_000)
+    snapshot = window.task.snapshot()
+    # The click was one photo; every automatic request after it carried four.
+    assert snapshot.failed == 0
+    assert snapshot.images_answered == 1 + 4 * (snapshot.answered - 1)
+
+
+def test_a_folder_with_unusable_files_names_each_one(qtbot, open_window, tmp_path, free_port):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    samples = sorted(sample_images_dir().glob("*.jpg"))[:3]
+    for sample in samples:
+        (photos / sample.name).write_bytes(sample.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "notes.txt").write_text("not a photo\n")
+
+    window = open_window(RunOptions(url=f"127.0.0.1:{free_port()}", images=photos))
+    qtbot.waitUntil(lambda: window.grid.count() == 3, timeout=10_000)
+    qtbot.waitUntil(lambda: "could not be used" in window.log_panel.toPlainText(), timeout=5_000)
+    log = window.log_panel.toPlainText()
+    assert "broken.jpg" in log and "notes.txt" in log
+    assert "2 file(s)" in log and str(photos) in log
+
+
+def test_a_folder_without_photos_says_so_and_the_window_stays(qtbot, open_window, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    window = open_window(RunOptions(url="127.0.0.1:1", images=empty))
+    qtbot.waitUntil(lambda: "No photos to show" in window.banner.message, timeout=10_000)
+    assert str(empty) in window.banner.message
+    assert window.grid.count() == 0
+    assert window.isVisible()
