@@ -1049,22 +1049,18 @@ def plot_all(
     jobs = [j for j in jobs if j["series"]]
     job_file = out / "plot-jobs.json"
     job_file.write_text(json.dumps({"budget_ms": budget_ms, "jobs": jobs}))
-    problems = []
-    try:
-        run_plot_jobs(job_file)
-    except Exception as error:
-        problems.append(f"plots in this python failed ({type(error).__name__}: {error})")
-        if plot_python:
-            text = run_text(
-                [plot_python, str(Path(__file__).resolve()), "--plot-jobs", str(job_file)],
-                timeout=120,
-            )
-            if "plots: done" not in text:
-                problems.append(f"plots with {plot_python} failed too: {text[-500:]}")
-            else:
-                problems = [
-                    f"plots drawn with {plot_python} (matplotlib is not usable beside numpy<2 here)"
-                ]
+    # In a child process: a matplotlib that does not get along with numpy<2 cannot take the
+    # benchmark down with it. This python first, then the machine's own.
+    problems: list[str] = []
+    for python in dict.fromkeys(p for p in (sys.executable, plot_python) if p):
+        text = run_text(
+            [python, str(Path(__file__).resolve()), "--plot-jobs", str(job_file)], timeout=180
+        )
+        if "plots: done" in text:
+            if python != sys.executable:
+                problems = [f"drawn with {python} (matplotlib not usable beside numpy<2 here)"]
+            break
+        problems.append(f"drawing with {python} failed: {text[-400:]}")
     job_file.unlink(missing_ok=True)
     return problems
 
@@ -1432,6 +1428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
                     log(f"{config.name}: {error}")
                     failures += 1
+                    failed = ConfigResult(
+                        asdict(config), config.label, config.title(gpu), "MPS failed", str(error)
+                    )
+                    (results / config.name).mkdir(parents=True, exist_ok=True)
+                    save_meta(results / config.name, failed)
                     continue
             if not config.mps and mps.running:
                 mps.stop()
