@@ -939,7 +939,7 @@ def summary_markdown(
     if "mps7" in figures:
         s = figures["mps7"]["scaling"]
         lines.append(
-            f"| 7 vs 1 MPS instances at p90 <= {budget_ms:g} ms: >= {TARGETS['scaling_7_vs_1']:g}x | {_fmt(s, 2)}x | {verdict(None if s is None else s >= TARGETS['scaling_7_vs_1'])} |"
+            f"| 7 vs 1 MPS instances at p90 <= {budget_ms:g} ms: >= {TARGETS['scaling_7_vs_1']:g}x | {_fmt(s, 2) + 'x' if s else 'n/a'} | {verdict(None if s is None else s >= TARGETS['scaling_7_vs_1'])} |"
         )
     for name, f in figures.items():
         complete = f["points"] > 0
@@ -986,6 +986,13 @@ def summary_markdown(
                 lines.append(f"    {commands['perf_analyzer']}   (C = each concurrency)")
         if meta.get("mps_servers"):
             lines += ["", f"MPS servers (get_server_list): {meta['mps_servers'].strip()}"]
+        snapshot = meta.get("gpu_snapshot", "")
+        if "Processes" in snapshot:
+            # nvidia-smi's process table once the stack was ready: type M+C = an MPS client.
+            table = snapshot[snapshot.index("Processes") :].splitlines()[:30]
+            lines += ["", "GPU processes once ready (nvidia-smi):", ""] + [
+                f"    {t}" for t in table
+            ]
     lines += [
         "",
         "## Plan",
@@ -1401,7 +1408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh:
         shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "plan.txt").write_text(plan_text + "\n")
+    # Each device call's plan, kept with the results that call left (--fresh starts over).
+    earlier = (results / "plan.txt").read_text() if (results / "plan.txt").exists() else ""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    plan_text = f"{earlier}run of {stamp}:\n{plan_text}\n"
+    (results / "plan.txt").write_text(plan_text)
     plot_python = args.plot_python or (
         (home / "base_python.txt").read_text().strip()
         if (home / "base_python.txt").exists()
