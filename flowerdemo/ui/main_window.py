@@ -304,12 +304,11 @@ class MainWindow(QMainWindow):
             if url is None:
                 return
             self.controls.set_url(url)
-        connected = await self._connect(self.controls.connection_choice())
+        await self._connect(self.controls.connection_choice())
         if options.mode == "auto":
+            # Runs now, or as soon as a retried connection succeeds (sig_auto_running follows).
             self.controls.set_mode("auto")
             self.task.start_auto(self.controls.concurrency_spin.value())
-            if connected:
-                self.controls.set_running(True)
 
     async def _load_photos(self) -> bool:
         options = self._options
