@@ -7,7 +7,8 @@ Ports
 
 Models and the local stack
     `served_model_dir` is the folder (`*.onnx` + `labels.txt`) the stack tests serve: the bundled
-    model when assets/model/flowers.onnx exists, else `standin_model_dir`.
+    model. `standin_model_dir` is a tiny ONNX model with the same contract, for the repository
+    writer's own tests (its labels and shapes are easy to vary).
     `stack_settings(...)` builds StackSettings on free ports for that model.
     `local_stack` is one real stack (2 Triton instances behind Envoy on 127.0.0.1) shared by the
     whole session; tests that kill or restart instances start their own instead.
@@ -107,20 +108,22 @@ def write_standin_model(folder: Path, *, classes: int = NUM_CLASSES, seed: int =
 
 @pytest.fixture(scope="session")
 def standin_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stand-in for the bundled model, for development only: it classifies nothing useful,
-    it only has the same input/output contract (see write_standin_model)."""
+    """A tiny model with the bundled model's contract: it classifies nothing useful, it only
+    makes the repository writer's tests fast (see write_standin_model)."""
     folder = tmp_path_factory.mktemp("standin-model")
     write_standin_model(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
-def served_model_dir(standin_model_dir: Path) -> Path:
-    """The bundled model once it exists; until then the development stand-in."""
+def served_model_dir() -> Path:
+    """The bundled model: what the app serves is what the tests serve."""
     bundled = bundled_model_dir()
-    if (bundled / "flowers.onnx").is_file() and (bundled / "labels.txt").is_file():
-        return bundled
-    return standin_model_dir
+    missing = [name for name in ("flowers.onnx", "labels.txt") if not (bundled / name).is_file()]
+    assert not missing, (
+        f"the bundled model is incomplete: {', '.join(missing)} missing in {bundled}"
+    )
+    return bundled
 
 
 @pytest.fixture(scope="session")
