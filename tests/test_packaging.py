@@ -93,7 +93,9 @@ def test_metainfo_passes_appstreamcli_and_names_the_launcher() -> None:
     assert "<binary>flowerdemo</binary>" in text
 
 
-def test_icons_exist_at_every_size_and_match_the_svg(tmp_path: Path) -> None:
+def test_icons_exist_at_every_size_and_match_the_svg(tmp_path: Path, qapp: Any) -> None:
+    # qapp: the renderer reuses the running application. Left to itself it would make a
+    # QGuiApplication, and no widget could be created in this process afterwards.
     hicolor = LINUX / "icons" / "hicolor"
     svg = hicolor / "scalable" / "apps" / f"{APP_ID}.svg"
     assert svg.read_bytes() == (REPO / "assets" / "icons" / "flowerdemo.svg").read_bytes(), (
