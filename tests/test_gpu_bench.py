@@ -53,6 +53,52 @@ def test_configurations_parse_and_say_not_mig():
         _configs("mig7")
 
 
+def test_uint8_and_direct_variants_parse_and_say_so():
+    u8, u8_direct, direct, mps7_u8, cpu = _configs(
+        "whole-u8,whole-u8-direct,whole-direct,mps7-u8,cpu-u8-direct"
+    )
+    assert (u8.input_dtype, u8.direct, u8.model_instances, u8.tritons) == ("uint8", False, 2, 1)
+    assert (u8_direct.input_dtype, u8_direct.direct) == ("uint8", True)
+    assert (direct.input_dtype, direct.direct) == ("fp32", True)
+    assert (mps7_u8.tritons, mps7_u8.mps, mps7_u8.input_dtype) == (7, True, "uint8")
+    assert (cpu.kind, cpu.input_dtype, cpu.direct) == ("cpu", "uint8", True)
+    assert "direct, no Envoy: diagnostic" in direct.label
+    assert "direct, no Envoy: diagnostic" in direct.title("H100")
+    assert "UINT8" in mps7_u8.label and "NOT MIG" in mps7_u8.title("H100")
+    whole = _configs("whole")[0]
+    assert (whole.input_dtype, whole.direct, whole.label) == ("fp32", False, "1 Triton, whole GPU")
+    with pytest.raises(ValueError, match="needs one Triton"):
+        _configs("mps7-direct")
+    with pytest.raises(ValueError, match="configuration 'whole-direct-u8'"):
+        _configs("whole-direct-u8")
+    assert run_gpu_bench.cpu_configs("cpu-u8,cpu-direct") == "cpu-u8,cpu-direct"
+    assert run_gpu_bench.cpu_configs("whole-u8") == "cpu"
+    assert run_gpu_bench.cpu_configs(None) == "cpu"
+
+
+def test_second_round_plan_fits_one_call():
+    args = run_gpu_bench.parse_args(
+        ["--configs", "whole-direct,whole-u8,mps1-u8,mps7-u8", "--no-perf-analyzer"]
+    )
+    plan = run_gpu_bench.build_plan(args, Path("nonexistent-home"))
+    plan = run_gpu_bench.replace(plan, perf_analyzer="perf_analyzer")
+    direct, u8 = plan.configs[0], plan.configs[1]
+    assert plan.concurrencies_for(direct) == (1, 8, 64, 256)
+    assert plan.concurrencies_for(u8) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    # The call's benchmark has about 500 s (550 s less staging, less the teardown reserve).
+    assert sum(plan.typical_s(c) for c in plan.configs) < 480
+
+
+def test_uint8_repository_takes_raw_pixels(tmp_path):
+    root = resnet50_model.write_repository(tmp_path / "repo", labels_file(), input_dtype="uint8")
+    config = (root / "resnet50" / "config.pbtxt").read_text()
+    assert "data_type: TYPE_UINT8" in config and "data_type: TYPE_FP32" in config  # in, out
+    assert 'key: "input_dtype" value: { string_value: "uint8" }' in config
+    assert "TYPE_UINT8" not in resnet50_model.config_pbtxt()
+    with pytest.raises(ValueError, match="input_dtype"):
+        resnet50_model.config_pbtxt(input_dtype="fp16")
+
+
 def test_repository_batches_into_the_graph_buckets(tmp_path):
     root = resnet50_model.write_repository(
         tmp_path / "repo", labels_file(), instances=2, weights="w.pt", copy_threads=3
@@ -287,3 +333,45 @@ def test_outputs_hold_the_summary_charts_and_every_configuration(tmp_path):
     merged = tmp_path / "merged"
     assert run_gpu_bench.summarize_folders([out], merged, 50.0) == 0
     assert (merged / "summary.md").is_file() and (merged / "mps7" / "meta.json").is_file()
+
+
+def test_summarize_adds_a_new_run_to_a_folder_written_by_summarize(tmp_path):
+    """The committed results folder (no results.tar.gz, one folder per configuration) plus a
+    later device call's output: the old configurations stay, the new ones join."""
+    committed = tmp_path / "committed"
+    for name, mps in (("whole", False), ("mps1", True), ("mps7", True)):
+        (committed / name).mkdir(parents=True)
+        meta = _meta(name, mps, [(1, 300.0, 3.0, 3.5), (64, 2000.0, 30.0, 40.0)])
+        (committed / name / "meta.json").write_text(json.dumps(meta))
+    (committed / "summary.md").write_text(
+        "# old\n\n## Plan\n\n```\nrun of earlier:\nold plan\n```\n"
+    )
+    results = tmp_path / "results"
+    for name, mps, top in (
+        ("whole-u8", False, 8000.0),
+        ("mps1-u8", True, 900.0),
+        ("mps7-u8", True, 5400.0),
+    ):
+        (results / name).mkdir(parents=True)
+        meta = _meta(name, mps, [(1, 400.0, 2.0, 2.4), (64, top, 30.0, 40.0)])
+        (results / name / "meta.json").write_text(json.dumps(meta))
+    (results / "plan.txt").write_text("run of later:\nnew plan\n")  # as a device call keeps it
+    new = tmp_path / "new"
+    run_gpu_bench.write_outputs(results, new, "run of later:\nnew plan", 50.0, None)
+    out = tmp_path / "merged"
+    assert run_gpu_bench.summarize_folders([committed, new], out, 50.0) == 0
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["mps1", "mps1-u8", "mps7", "mps7-u8", "whole", "whole-u8"]
+    text = (out / "summary.md").read_text()
+    assert "old plan" in text and "new plan" in text
+    assert "| whole GPU (`whole-u8`): peak >= 8,000 img/s | 8,000 img/s | yes |" in text
+    assert (
+        "| 7 vs 1 MPS instances (`mps7-u8` vs `mps1-u8`) at p90 <= 50 ms: >= 5x | 6.00x | yes |"
+        in text
+    )
+    assert "| 7 vs 1 MPS instances at p90 <= 50 ms: >= 5x | 1.00x | **no** |" in text
+    # Summarizing into the committed folder itself works too (it is read before it is written).
+    assert run_gpu_bench.summarize_folders([committed, new], committed, 50.0) == 0
+    assert (committed / "mps7-u8" / "meta.json").is_file() and (
+        committed / "mps7" / "meta.json"
+    ).is_file()

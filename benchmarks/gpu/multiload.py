@@ -42,6 +42,8 @@ class LoadSettings:
     request_timeout_s: float = 10.0
     topk: int = 3
     start_timeout_s: float = 120.0
+    scaling: str = "inception"
+    """The engine's pixel scaling: "none" for a model that takes UINT8 pixels."""
 
 
 def shares(concurrency: int, processes: int) -> list[int]:
@@ -132,6 +134,7 @@ def _worker(settings: LoadSettings, commands: Connection, results: Connection) -
 async def _serve(settings: LoadSettings, commands: Connection, results: Connection) -> None:
     from flowerdemo.core.engine import EngineSettings, InferenceEngine
     from flowerdemo.core.images import load_images
+    from flowerdemo.core.preprocess import SCALINGS, PreprocessOptions
     from flowerdemo.resources import sample_images_dir
 
     photos = [i.rgb for i in load_images(settings.images_dir or sample_images_dir()).images]
@@ -141,6 +144,9 @@ async def _serve(settings: LoadSettings, commands: Connection, results: Connecti
             model_name=settings.model,
             request_timeout_s=settings.request_timeout_s,
             topk=settings.topk,
+            preprocess=PreprocessOptions(
+                scaling=next(s for s in SCALINGS if s == settings.scaling)
+            ),
         ),
         photos,
     )

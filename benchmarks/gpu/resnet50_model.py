@@ -20,6 +20,9 @@ channels_last, with every BatchNorm folded into its convolution. What keeps it f
 - inputs (FP32, NCHW, as clients send them) are copied request by request into one pinned
   buffer, each slice's host-to-device copy queued as soon as it is there, and converted to FP16
   and channels_last on the GPU, inside the graph.
+With `input_dtype="uint8"` the model takes raw pixels instead (TYPE_UINT8, NCHW, 0..255: a
+quarter of FP32's bytes on every hop) and scales them on the GPU inside the graph,
+x / 127.5 - 1 (the bundled model's "inception" scaling), in FP16.
 On the CPU (`KIND_CPU`, for tests) the same network runs eagerly in FP32.
 """
 
@@ -39,6 +42,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 NUM_CLASSES = 102
 IMAGE_SHAPE = (3, 224, 224)
+INPUT_DTYPES = ("fp32", "uint8")
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 WARMUP_RUNS = 3
 LABELS_FILE_NAME = "labels.txt"
@@ -196,7 +200,8 @@ def bucket_for(count: int, buckets: Sequence[int]) -> int:
 
 
 class Runner:
-    """Runs batches of FP32 NCHW images through the network; returns FP32 probabilities."""
+    """Runs batches of NCHW images (FP32, or UINT8 pixels scaled here) through the network;
+    returns FP32 probabilities."""
 
     def __init__(
         self,
@@ -207,10 +212,15 @@ class Runner:
         copy_threads: int = 4,
         cudnn_benchmark: bool = True,
         use_graphs: bool = True,
+        input_dtype: str = "fp32",
     ) -> None:
         import torch
 
+        if input_dtype not in INPUT_DTYPES:
+            raise ValueError(f"input_dtype {input_dtype!r}: one of {', '.join(INPUT_DTYPES)}")
         self.torch = torch
+        self.uint8 = input_dtype == "uint8"
+        host_dtype = torch.uint8 if self.uint8 else torch.float32
         self.device = torch.device(device)
         self.buckets = tuple(sorted(buckets))
         self.max_batch = self.buckets[-1]
@@ -225,10 +235,10 @@ class Runner:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         self.network = network.to(self.device).half().to(memory_format=torch.channels_last).eval()
         self.stream = torch.cuda.Stream(self.device)
-        self.host_in = torch.empty((self.max_batch, *IMAGE_SHAPE), dtype=torch.float32).pin_memory()
+        self.host_in = torch.empty((self.max_batch, *IMAGE_SHAPE), dtype=host_dtype).pin_memory()
         self.host_out = torch.empty((self.max_batch, NUM_CLASSES), dtype=torch.float32).pin_memory()
         self.device_in = torch.zeros(
-            (self.max_batch, *IMAGE_SHAPE), dtype=torch.float32, device=self.device
+            (self.max_batch, *IMAGE_SHAPE), dtype=host_dtype, device=self.device
         )
         # The weights and the zeroed input were made on the default stream; ours reads them.
         torch.cuda.synchronize(self.device)
@@ -260,18 +270,25 @@ class Runner:
     def _forward(self, batch: Any) -> Any:
         torch = self.torch
         if self.cuda:
-            batch = batch.to(torch.float16).contiguous(memory_format=torch.channels_last)
+            batch = batch.to(torch.float16)
+        if self.uint8:
+            batch = batch / 127.5 - 1.0
+        if self.cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return torch.softmax(self.network(batch).float(), dim=1)
 
     def run(self, arrays: Sequence[Any]) -> Any:
-        """One batch made of `arrays` (each [k, 3, 224, 224] float32); returns [sum k, 102]."""
+        """One batch made of `arrays` (each [k, 3, 224, 224], float32 or uint8 as the runner
+        takes them); returns [sum k, 102] float32."""
         import numpy as np
 
         torch = self.torch
         count = sum(int(a.shape[0]) for a in arrays)
         if count > self.max_batch:
             # Triton never forms a batch above max_batch_size; split anyway rather than fail.
-            results, group, size = [], [], 0
+            results: list[Any] = []
+            group: list[Any] = []
+            size = 0
             for array in arrays:
                 if size + array.shape[0] > self.max_batch and group:
                     results.append(self.run(group))
@@ -341,10 +358,12 @@ class TritonPythonModel:
             copy_threads=int(_parameter(config, "copy_threads", "4")),
             cudnn_benchmark=_parameter(config, "cudnn_benchmark", "1") == "1",
             use_graphs=_parameter(config, "cuda_graphs", "1") == "1",
+            input_dtype=_parameter(config, "input_dtype", "fp32"),
         )
         print(
             f"resnet50 instance {args.get('model_instance_name', '?')} on {device}: "
             f"{'weights ' + weights if weights else 'random weights'}, buckets {list(buckets)}, "
+            f"{'UINT8 pixels scaled on the device' if self.runner.uint8 else 'FP32 input'}, "
             f"{'CUDA graphs' if self.runner.graphs else 'eager'}, ready in "
             f"{time.perf_counter() - started:.1f} s",
             flush=True,
@@ -392,6 +411,7 @@ def config_pbtxt(
     cudnn_benchmark: bool = True,
     cuda_graphs: bool = True,
     seed: int = 0,
+    input_dtype: str = "fp32",
 ) -> str:
     """config.pbtxt: batch-1 requests batched dynamically into the buckets, max batch = largest."""
     buckets = tuple(sorted(buckets))
@@ -401,6 +421,8 @@ def config_pbtxt(
         raise ValueError(f"kind {kind!r}: 'gpu' or 'cpu'")
     if instances < 1:
         raise ValueError(f"instances {instances}: 1 or more")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype {input_dtype!r}: one of {', '.join(INPUT_DTYPES)}")
     sizes = ", ".join(str(b) for b in buckets)
     group = ["    kind: KIND_GPU", "    gpus: [ 0 ]"] if kind == "gpu" else ["    kind: KIND_CPU"]
     parameters = {
@@ -410,6 +432,7 @@ def config_pbtxt(
         "cudnn_benchmark": "1" if cudnn_benchmark else "0",
         "cuda_graphs": "1" if cuda_graphs else "0",
         "seed": str(seed),
+        "input_dtype": input_dtype,
     }
     lines = [
         f'name: "{model_name}"',
@@ -418,7 +441,7 @@ def config_pbtxt(
         "input [",
         "  {",
         f'    name: "{INPUT_NAME}"',
-        "    data_type: TYPE_FP32",
+        f"    data_type: {'TYPE_UINT8' if input_dtype == 'uint8' else 'TYPE_FP32'}",
         "    format: FORMAT_NCHW",
         "    dims: [ 3, 224, 224 ]",
         "  }",
@@ -511,7 +534,27 @@ def cpu_smoke(buckets: Sequence[int] = (1, 2, 4)) -> None:
     assert gap < 1e-4, f"folded network differs by {gap}"
     assert np.allclose(got.sum(axis=1), 1.0, atol=1e-4)
     assert bucket_for(3, (1, 2, 4, 8)) == 4 and bucket_for(1, (1, 2)) == 1
-    print(f"cpu smoke: ok (folded vs unfolded max gap {gap:.2e}); {_torchvision_parity()}")
+    u8_gap = _uint8_gap(folded, "cpu", buckets)
+    assert u8_gap < 1e-4, f"UINT8 input differs from FP32 input by {u8_gap}"
+    print(
+        f"cpu smoke: ok (folded vs unfolded max gap {gap:.2e}; UINT8 input vs FP32 x/127.5-1 "
+        f"{u8_gap:.2e}); {_torchvision_parity()}"
+    )
+
+
+def _uint8_gap(network: Any, device: str, buckets: Sequence[int]) -> float:
+    """UINT8 pixels through an input_dtype="uint8" runner against the same pixels scaled
+    (x / 127.5 - 1) through an FP32 runner: the largest difference of probabilities."""
+    import numpy as np
+
+    pixels = np.random.default_rng(1).integers(0, 256, (3, *IMAGE_SHAPE), dtype=np.uint8)
+    scaled = (pixels.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    as_uint8 = Runner(network, device=device, buckets=buckets, copy_threads=1, input_dtype="uint8")
+    as_fp32 = Runner(network, device=device, buckets=buckets, copy_threads=1)
+    got = as_uint8.run([pixels[:1], pixels[1:]])
+    expected = as_fp32.run([scaled[:1], scaled[1:]])
+    assert got.shape == (3, NUM_CLASSES) and got.dtype == np.float32, (got.shape, got.dtype)
+    return float(np.abs(got - expected).max())
 
 
 def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) -> dict[str, Any]:
@@ -533,6 +576,8 @@ def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) ->
     with torch.inference_mode():
         reference = torch.softmax(make_network(seed=0)(torch.from_numpy(x)), dim=1).numpy()
     fp16_gap = float(np.abs(got - reference).max())
+    # The UINT8 input path (graphs of two small buckets only: a few seconds).
+    uint8_gap = _uint8_gap(make_network(seed=0), "cuda:0", (1, 4))
     timings = {}
     for bucket in runner.buckets:
         batch = [rng.standard_normal((1, *IMAGE_SHAPE), dtype=np.float32)] * bucket
@@ -550,6 +595,7 @@ def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) ->
         "load_s": round(load_s, 1),
         "graph_vs_eager_max_gap": gap,
         "gpu_fp16_vs_cpu_fp32_max_gap": fp16_gap,
+        "uint8_vs_fp32_input_max_gap": uint8_gap,
         "parity": _torchvision_parity(),
         "per_bucket_with_host_copies": timings,
     }
@@ -558,6 +604,8 @@ def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) ->
         problems.append(f"graph and eager results differ by {gap}")
     if not fp16_gap < 1e-3:
         problems.append(f"FP16 on the GPU and FP32 on the CPU differ by {fp16_gap}")
+    if not uint8_gap < 1e-3:
+        problems.append(f"UINT8 input and FP32 input (x/127.5-1) differ by {uint8_gap}")
     report["problems"] = problems
     return report
 

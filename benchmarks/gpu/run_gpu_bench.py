@@ -12,6 +12,11 @@ Configurations (--configs, run in the order given):
             of the SMs: the stand-in for K 1g MIG slices. NOT MIG, and every chart says so.
   wholexM, mpsKxM   the same with M model instances per Triton (default: whole 2, mps 1)
   cpu       (with --cpu) one Triton on the CPU: the whole driver path, checkable anywhere
+  NAME-u8   the model takes UINT8 pixels (scaled on the GPU): 4x fewer bytes per request;
+            our engine sends raw pixels (scaling "none")
+  NAME-direct  (one Triton only) our engine and perf_analyzer talk to Triton's own gRPC port,
+            no Envoy: a diagnostic of Envoy's cost, swept at --direct-concurrency
+  e.g. whole-u8, whole-u8-direct, whole-direct, mps1-u8, mps7-u8, cpu-u8-direct
 
 Time: every phase is guarded by --deadline-epoch (or --budget-s); what is done is written to
 --out after every configuration, so a late stop still leaves results. Results also go to
@@ -43,7 +48,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,25 +102,42 @@ class Config:
     kind: str = "gpu"
     copy_threads: int = 4
     mps_percentage: int = 14
+    input_dtype: str = "fp32"
+    direct: bool = False
+
+    @property
+    def variant(self) -> str:
+        """What differs from the first round's setup, for titles and labels ('' if nothing)."""
+        parts = []
+        if self.input_dtype == "uint8":
+            parts.append("UINT8 input")
+        if self.direct:
+            parts.append("direct, no Envoy: diagnostic")
+        return ", ".join(parts)
 
     def title(self, gpu: str) -> str:
+        suffix = f" [{self.variant}]" if self.variant else ""
         if self.kind == "cpu":
-            return "CPU check: one Triton on the CPU (not a GPU measurement)"
+            return "CPU check: one Triton on the CPU (not a GPU measurement)" + suffix
         if self.mps:
             share = "one process" if self.tritons == 1 else f"{self.tritons} processes"
             return (
                 f"{gpu}, NOT MIG: {share} sharing one GPU via MPS "
-                f"({self.mps_percentage}% of the SMs each)"
+                f"({self.mps_percentage}% of the SMs each)" + suffix
             )
-        return f"{gpu}: one Triton owning the whole GPU (no MPS)"
+        return f"{gpu}: one Triton owning the whole GPU (no MPS)" + suffix
 
     @property
     def label(self) -> str:
+        suffix = f" ({self.variant})" if self.variant else ""
         if self.kind == "cpu":
-            return "1 Triton, CPU"
+            return "1 Triton, CPU" + suffix
         if self.mps:
-            return f"{self.tritons} Triton{'s' if self.tritons > 1 else ''} x MPS {self.mps_percentage}%"
-        return "1 Triton, whole GPU"
+            return (
+                f"{self.tritons} Triton{'s' if self.tritons > 1 else ''} x MPS {self.mps_percentage}%"
+                + suffix
+            )
+        return "1 Triton, whole GPU" + suffix
 
 
 def parse_configs(
@@ -131,31 +153,39 @@ def parse_configs(
     for raw in (part.strip() for part in text.split(",")):
         if not raw:
             continue
-        match = re.fullmatch(r"(whole|mps(\d+)|cpu)(?:x(\d+))?", raw)
+        match = re.fullmatch(r"(whole|mps(\d+)|cpu)(?:x(\d+))?(-u8)?(-direct)?", raw)
         if not match:
-            raise ValueError(f"configuration '{raw}': use whole, mpsK, wholexM, mpsKxM or cpu")
+            raise ValueError(
+                f"configuration '{raw}': use whole, mpsK, wholexM, mpsKxM or cpu, "
+                "optionally followed by -u8 and/or -direct"
+            )
         kind, count, instances = match.group(1), match.group(2), match.group(3)
+        input_dtype, direct = ("uint8" if match.group(4) else "fp32"), bool(match.group(5))
         if kind == "whole":
-            configs.append(
-                Config(raw, 1, False, int(instances or whole_instances), "gpu", whole_copy_threads)
+            config = Config(
+                raw, 1, False, int(instances or whole_instances), "gpu", whole_copy_threads
             )
         elif kind == "cpu":
-            configs.append(Config(raw, 1, False, int(instances or 1), "cpu", 1))
+            config = Config(raw, 1, False, int(instances or 1), "cpu", 1)
         else:
             tritons = int(count)
             if not 1 <= tritons <= 48:
                 raise ValueError(f"configuration '{raw}': 1 to 48 MPS clients")
-            configs.append(
-                Config(
-                    raw,
-                    tritons,
-                    True,
-                    int(instances or mps_instances),
-                    "gpu",
-                    mps_copy_threads,
-                    mps_percentage,
-                )
+            config = Config(
+                raw,
+                tritons,
+                True,
+                int(instances or mps_instances),
+                "gpu",
+                mps_copy_threads,
+                mps_percentage,
             )
+        if direct and config.tritons != 1:
+            raise ValueError(
+                f"configuration '{raw}': -direct needs one Triton (it bypasses Envoy, "
+                "which is what spreads the load over several)"
+            )
+        configs.append(replace(config, input_dtype=input_dtype, direct=direct))
     if not configs:
         raise ValueError("no configuration given")
     return configs
@@ -165,6 +195,7 @@ def parse_configs(
 class Plan:
     configs: tuple[Config, ...]
     concurrencies: tuple[int, ...]
+    direct_concurrencies: tuple[int, ...]
     window_s: float
     stable_windows: int
     max_windows: int
@@ -210,6 +241,27 @@ class Plan:
             report,
         ]
 
+    def concurrencies_for(self, config: Config) -> tuple[int, ...]:
+        """The diagnostic (direct) configurations sweep a shorter list."""
+        return self.direct_concurrencies if config.direct else self.concurrencies
+
+    def estimate_s(self, config: Config) -> float:
+        """The bound the time guards use: stack start, every point at its slowest."""
+        return self.load_estimate_s(config) + self.point_estimate_s() * len(
+            self.concurrencies_for(config)
+        )
+
+    def typical_s(self, config: Config) -> float:
+        """What a configuration took on the H100 in the first round: the stack ready in 15-23 s,
+        load processes and teardown about 15 s more, 7-13 s a point (10 on average, with
+        perf_analyzer; about 55% of that without)."""
+        per_point = 10.0 if self.perf_analyzer else 5.5
+        return (
+            30.0
+            + 1.0 * config.tritons * config.model_instances
+            + per_point * len(self.concurrencies_for(config))
+        )
+
     def point_estimate_s(self) -> float:
         ours = self.window_s * (0.5 + self.max_windows) + 0.5
         theirs = self.window_s * (self.max_windows + 1) + 2.0 if self.perf_analyzer else 0.0
@@ -236,7 +288,7 @@ def run_text(command: Sequence[str], timeout: float = 30, **kwargs: Any) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"({' '.join(command)}: {error})"
-    return (result.stdout + result.stderr).strip()
+    return str(result.stdout + result.stderr).strip()
 
 
 def free_port_block(span: int) -> int:
@@ -490,6 +542,7 @@ class ConfigResult:
     points: list[PointResult] = field(default_factory=list)
     load_description: str = ""
     weights: str = ""
+    target: str = ""
 
 
 def proc_command(pid: int | None, keys: Sequence[str]) -> dict[str, Any]:
@@ -562,6 +615,7 @@ def run_config(
         max_queue_delay_us=plan.max_queue_delay_us,
         weights=plan.weights,
         copy_threads=config.copy_threads,
+        input_dtype=config.input_dtype,
     )
     shutil.copyfile(repository / MODEL / "config.pbtxt", folder / "config.pbtxt")
     settings = StackSettings(
@@ -569,7 +623,8 @@ def run_config(
         devices=("cpu",) if config.kind == "cpu" else ("cuda:0",),
         repository=repository,
         model_name=MODEL,
-        with_envoy=True,
+        # A direct configuration starts no Envoy: the load goes to Triton's own gRPC port.
+        with_envoy=not config.direct,
         workdir=work / "stack",
         base_port=plan.base_port,
         listen=plan.listen,
@@ -596,7 +651,12 @@ def run_config(
         log(
             f"{config.name}: starting {config.tritons} Triton(s) x {config.model_instances} model instance(s) on {settings.devices[0]}"
             + (f" under MPS at {config.mps_percentage}%" if config.mps else "")
-            + f", Envoy with {plan.envoy_workers} workers"
+            + (
+                ", no Envoy (direct to Triton's gRPC port: diagnostic)"
+                if config.direct
+                else f", Envoy with {plan.envoy_workers} workers"
+            )
+            + f", {config.input_dtype.upper()} input"
         )
         try:
             with environment(variables):
@@ -635,7 +695,21 @@ def run_config(
             result.gpu_snapshot = run_text(["nvidia-smi"])
         if mps is not None and config.mps:
             result.mps_servers = mps.query("get_server_list")
-        load = LoadSettings(url=stack.grpc_url, model=MODEL, processes=plan.load_processes)
+        # Through Envoy's listener, or (direct) Triton 0's own gRPC port: both ours and
+        # perf_analyzer use this address.
+        url = stack.instance_grpc_url(0) if config.direct else stack.grpc_url
+        result.target = (
+            f"Triton's own gRPC port {url}, no Envoy (diagnostic)"
+            if config.direct
+            else f"Envoy {url}"
+        )
+        load = LoadSettings(
+            url=url,
+            model=MODEL,
+            processes=plan.load_processes,
+            # UINT8 models take raw pixels: the engine must not scale them.
+            scaling="none" if config.input_dtype == "uint8" else "inception",
+        )
         pool = LoadPool(load)
         try:
             pool.start()
@@ -646,12 +720,14 @@ def run_config(
         result.load_description = (
             f"our engine (flowerdemo InferenceEngine, gRPC aio, batch-1 requests of the bundled "
             f"photos, top-3 classification asked) in {plan.load_processes} processes, one gRPC "
-            f"connection each, windows merged; model: {pool.model_description}"
+            f"connection each, windows merged, "
+            f"{'raw pixels (scaling none)' if config.input_dtype == 'uint8' else 'inception scaling'}; "
+            f"model: {pool.model_description}"
         )
         scratch = Path(tempfile.mkdtemp(prefix="flowerdemo-pa-"))
         try:
             point_s: list[float] = []
-            for concurrency in plan.concurrencies:
+            for concurrency in plan.concurrencies_for(config):
                 estimate = (sum(point_s) / len(point_s)) if point_s else plan.point_estimate_s()
                 if deadline.left() - TEARDOWN_RESERVE_S < estimate * 0.8:
                     result.message += f" cut short before c={concurrency} (time budget)."
@@ -678,7 +754,7 @@ def run_config(
                     and deadline.left() - TEARDOWN_RESERVE_S > plan.window_s * 4 + 3
                 ):
                     report = scratch / f"c{concurrency}.csv"
-                    command = plan.perf_command(stack.grpc_url, concurrency, str(report))
+                    command = plan.perf_command(url, concurrency, str(report))
                     result.commands.setdefault(
                         "perf_analyzer",
                         " ".join(["perf_analyzer", *command[1:-2]]).replace(
@@ -873,7 +949,10 @@ def summary_markdown(
         "GPU through CUDA MPS (each limited to a share of the SMs), the stand-in for MIG slices. "
         "Every chart says so.",
         "",
-        f"Latency budget: p90 <= {budget_ms:g} ms, measured end to end through Envoy.",
+        f"Latency budget: p90 <= {budget_ms:g} ms, measured end to end through Envoy "
+        "(except the configurations marked 'direct, no Envoy: diagnostic', which talk to "
+        "Triton's own gRPC port to show what Envoy costs). 'UINT8 input': the model takes raw "
+        "pixels (1 byte each instead of FP32's 4) and scales them on the GPU.",
         "",
     ]
     weights = {m.get("weights", "") for m in metas.values()}
@@ -889,9 +968,17 @@ def summary_markdown(
         "| configuration | status | stack ready | peak img/s | highest c with p90 <= budget | img/s at budget | scaling vs 1 MPS instance | largest fall | p50 at c=1 (ms) |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
-    base_budget = None
-    if "mps1" in metas:
-        base_budget = budget_figures(curves(metas["mps1"])[0], budget_ms)[1]
+
+    def variant_of(name: str) -> str:
+        """'-u8', '-direct'...: what follows the base name (mps7-u8 scales against mps1-u8)."""
+        match = re.fullmatch(r"(?:whole|mps\d+|cpu)(?:x\d+)?(.*)", name)
+        return match.group(1) if match else ""
+
+    base_budgets = {
+        variant_of(name): budget_figures(curves(metas[name])[0], budget_ms)[1]
+        for name in metas
+        if re.fullmatch(r"mps1(-.*)?", name)
+    }
     figures: dict[str, dict[str, Any]] = {}
     for name, meta in metas.items():
         ours, theirs = curves(meta)
@@ -901,6 +988,7 @@ def summary_markdown(
         peak = max(ours.images_per_s) if ours.images_per_s else None
         ppeak = max(theirs.images_per_s) if theirs.images_per_s else None
         p50_c1 = ours.p50_ms[ours.concurrency.index(1)] if 1 in ours.concurrency else None
+        base_budget = base_budgets.get(variant_of(name))
         scaling = (
             thr_ok / base_budget if (thr_ok and base_budget and meta["config"]["mps"]) else None
         )
@@ -925,21 +1013,27 @@ def summary_markdown(
     def verdict(ok: bool | None) -> str:
         return "n/a" if ok is None else ("yes" if ok else "**no**")
 
-    whole = next((n for n in metas if n.startswith("whole")), None)
-    if whole:
+    # The whole-GPU targets for `whole` and each of its variants (`whole-u8`, ...); the first
+    # whole-GPU configuration if none of those ran.
+    wholes = [n for n in metas if re.fullmatch(r"whole(-.*)?", n)]
+    if not wholes:
+        wholes = [n for n in metas if n.startswith("whole")][:1]
+    for whole in wholes:
         w = figures[whole]
+        tag = f" (`{whole}`)" if whole != "whole" else ""
         ok = None if w["p50_c1"] is None else w["p50_c1"] <= TARGETS["p50_c1_ms"]
         lines.append(
-            f"| whole GPU: p50 at concurrency 1 <= {TARGETS['p50_c1_ms']} ms | {_fmt(w['p50_c1'], 2)} ms | {verdict(ok)} |"
+            f"| whole GPU{tag}: p50 at concurrency 1 <= {TARGETS['p50_c1_ms']} ms | {_fmt(w['p50_c1'], 2)} ms | {verdict(ok)} |"
         )
         ok = None if w["peak"] is None else w["peak"] >= TARGETS["peak_images_per_s"]
         lines.append(
-            f"| whole GPU: peak >= {TARGETS['peak_images_per_s']:,.0f} img/s | {_fmt(w['peak'])} img/s | {verdict(ok)} |"
+            f"| whole GPU{tag}: peak >= {TARGETS['peak_images_per_s']:,.0f} img/s | {_fmt(w['peak'])} img/s | {verdict(ok)} |"
         )
-    if "mps7" in figures:
-        s = figures["mps7"]["scaling"]
+    for name in (n for n in figures if re.fullmatch(r"mps7(-.*)?", n)):
+        s = figures[name]["scaling"]
+        tag = f" (`{name}` vs `mps1{variant_of(name)}`)" if name != "mps7" else ""
         lines.append(
-            f"| 7 vs 1 MPS instances at p90 <= {budget_ms:g} ms: >= {TARGETS['scaling_7_vs_1']:g}x | {_fmt(s, 2) + 'x' if s else 'n/a'} | {verdict(None if s is None else s >= TARGETS['scaling_7_vs_1'])} |"
+            f"| 7 vs 1 MPS instances{tag} at p90 <= {budget_ms:g} ms: >= {TARGETS['scaling_7_vs_1']:g}x | {_fmt(s, 2) + 'x' if s else 'n/a'} | {verdict(None if s is None else s >= TARGETS['scaling_7_vs_1'])} |"
         )
     for name, f in figures.items():
         complete = f["points"] > 0
@@ -949,6 +1043,8 @@ def summary_markdown(
         )
     for name, meta in metas.items():
         lines += ["", f"## {meta['label']} (`{name}`)", "", meta["title"], ""]
+        if meta.get("target"):
+            lines += [f"Load sent to: {meta['target']}.", ""]
         if meta.get("message"):
             lines += [f"Note: {meta['message'].strip()}", ""]
         lines.append(
@@ -1130,11 +1226,19 @@ def write_outputs(
 # ----- main ----------------------------------------------------------------------------------
 
 
+def cpu_configs(text: str | None) -> str:
+    """--cpu runs only CPU configurations: 'cpu' unless --configs names cpu variants."""
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    if names and all(n.startswith("cpu") for n in names):
+        return ",".join(names)
+    return "cpu"
+
+
 def build_plan(args: argparse.Namespace, home: Path) -> Plan:
     from flowerdemo.core.sweep import parse_concurrency_range
 
     configs = parse_configs(
-        "cpu" if args.cpu else args.configs,
+        cpu_configs(args.configs) if args.cpu else (args.configs or "whole,mps1,mps7"),
         mps_percentage=args.mps_percentage,
         whole_instances=args.whole_model_instances,
         mps_instances=args.mps_model_instances,
@@ -1178,9 +1282,11 @@ def build_plan(args: argparse.Namespace, home: Path) -> Plan:
         listen, http_listen, admin = (f"127.0.0.1:{first + k}" for k in range(3))
         base_port = first + 3
     concurrency = args.concurrency or ("1,2" if args.cpu else "1,2,4,8,16,32,64,128,256")
+    direct = args.direct_concurrency or ("1,2" if args.cpu else "1,8,64,256")
     return Plan(
         configs=tuple(configs),
         concurrencies=parse_concurrency_range(concurrency),
+        direct_concurrencies=parse_concurrency_range(direct),
         window_s=args.window,
         stable_windows=args.stable_windows,
         max_windows=args.max_windows,
@@ -1207,8 +1313,20 @@ def describe_plan(plan: Plan, deadline: Deadline | None = None) -> str:
         lines.append(
             f"  {config.name:<8} {config.label}: {config.tritons} Triton(s) x {config.model_instances} model instance(s), "
             f"{'CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=' + str(config.mps_percentage) if config.mps else 'no MPS'}, "
-            f"{config.kind}, copy threads {config.copy_threads}; estimated {Plan.load_estimate_s(config) + plan.point_estimate_s() * len(plan.concurrencies):.0f} s"
+            f"{config.kind}, copy threads {config.copy_threads}, {config.input_dtype.upper()} input, "
+            + (
+                "direct to Triton's gRPC port (no Envoy: diagnostic)"
+                if config.direct
+                else "through Envoy"
+            )
+            + f", c = {','.join(str(c) for c in plan.concurrencies_for(config))}; "
+            f"estimated {plan.typical_s(config):.0f} s (first round's H100 timings), "
+            f"at most {plan.estimate_s(config):.0f} s"
         )
+    lines.append(
+        f"  in all: estimated {sum(plan.typical_s(c) for c in plan.configs):.0f} s, "
+        f"at most {sum(plan.estimate_s(c) for c in plan.configs):.0f} s"
+    )
     lines += [
         f"concurrency: {','.join(str(c) for c in plan.concurrencies)}; windows of {plan.window_s:g} s, "
         f"stable when the last {plan.stable_windows} agree within {plan.tolerance:.0%} (at most {plan.max_windows})",
@@ -1245,8 +1363,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Path(os.environ.get("OUT", "gpu-bench-out")),
         help="where the result files go (default $OUT)",
     )
-    parser.add_argument("--configs", default="whole,mps1,mps7")
+    parser.add_argument(
+        "--configs", help="comma-separated (default whole,mps1,mps7; --cpu: cpu or cpu variants)"
+    )
     parser.add_argument("--concurrency", help="list or range (default 1,2,4,...,256; --cpu: 1,2)")
+    parser.add_argument(
+        "--direct-concurrency",
+        help="for the -direct (diagnostic) configurations (default 1,8,64,256; --cpu: 1,2)",
+    )
     parser.add_argument("--window", type=float, default=1.0, help="seconds per measurement window")
     parser.add_argument("--stable-windows", type=int, default=3)
     parser.add_argument("--max-windows", type=int, default=5)
@@ -1328,6 +1452,23 @@ def summarize_folders(folders: Sequence[Path], out: Path, budget_ms: float) -> i
     try:
         plans = []
         for folder in folders:
+            if folder.is_dir() and not (folder / "results.tar.gz").exists():
+                # A folder written by an earlier --summarize (e.g. the committed results):
+                # its configurations as they are, its plan from its summary.md.
+                found = [c for c in sorted(folder.iterdir()) if (c / "meta.json").is_file()]
+                if not found:
+                    raise SystemExit(f"{folder}: no results.tar.gz and no */meta.json")
+                for config in found:
+                    shutil.rmtree(merged / config.name, ignore_errors=True)
+                    shutil.copytree(config, merged / config.name)
+                if (folder / "machine.txt").exists():
+                    shutil.copyfile(folder / "machine.txt", merged / "machine.txt")
+                summary = folder / "summary.md"
+                text = summary.read_text() if summary.exists() else ""
+                plan = re.search(r"## Plan\n\n```\n(.*?)\n```", text, re.S)
+                if plan:
+                    plans.append(plan.group(1))
+                continue
             archive = folder / "results.tar.gz" if folder.is_dir() else folder
             with tarfile.open(archive) as tar, tempfile.TemporaryDirectory() as scratch:
                 if sys.version_info >= (3, 12):
@@ -1426,7 +1567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for config in plan.configs:
             left = deadline.left() - TEARDOWN_RESERVE_S
             need = Plan.load_estimate_s(config) + plan.point_estimate_s() * min(
-                3, len(plan.concurrencies)
+                3, len(plan.concurrencies_for(config))
             )
             if left < need:
                 log(
