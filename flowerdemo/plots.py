@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -55,47 +56,37 @@ def plot_sweeps(
     out_dir.mkdir(parents=True, exist_ok=True)
     throughput_path = out_dir / f"{prefix}throughput.png"
     latency_path = out_dir / f"{prefix}latency_p90.png"
-
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
-    for label, points in series.items():
-        axes.plot(
-            [p.concurrency for p in points],
-            [p.images_per_s for p in points],
-            marker="o",
-            ms=3,
-            label=label,
-        )
-    _concurrency_axis(axes, log_x)
-    axes.set_ylabel("throughput (images/s)")
-    axes.set_title(f"Throughput against concurrency\n{title}", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.set_ylim(bottom=0)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(throughput_path)
-    plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
-    for label, points in series.items():
-        axes.plot(
-            [p.concurrency for p in points],
-            [p.p90_ms for p in points],
-            marker="o",
-            ms=3,
-            label=label,
-        )
-    axes.axhline(
-        budget_ms, color="crimson", linestyle="--", linewidth=1.2, label=f"budget {budget_ms:g} ms"
+    charts = (
+        (throughput_path, "throughput (images/s)", "Throughput", attrgetter("images_per_s"), None),
+        (latency_path, "p90 latency (ms)", "p90 latency", attrgetter("p90_ms"), budget_ms),
     )
-    _concurrency_axis(axes, log_x)
-    axes.set_ylabel("p90 latency (ms)")
-    axes.set_title(f"p90 latency against concurrency\n{title}", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.set_ylim(bottom=0)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(latency_path)
-    plt.close(figure)
+    for path, y_label, what, value, budget in charts:
+        figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+        for label, points in series.items():
+            axes.plot(
+                [p.concurrency for p in points],
+                [value(p) for p in points],
+                marker="o",
+                ms=3,
+                label=label,
+            )
+        if budget is not None:
+            axes.axhline(
+                budget,
+                color="crimson",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"budget {budget:g} ms",
+            )
+        _concurrency_axis(axes, log_x)
+        axes.set_ylabel(y_label)
+        axes.set_title(f"{what} against concurrency\n{title}", fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.set_ylim(bottom=0)
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(path)
+        plt.close(figure)
     return throughput_path, latency_path
 
 
@@ -111,4 +102,4 @@ def _concurrency_axis(axes: Any, log_x: bool) -> None:
 def best_within_budget(points: Sequence[SweepPoint], budget_ms: float) -> SweepPoint | None:
     """The highest-throughput point whose p90 stays within the budget."""
     within = [p for p in points if p.p90_ms <= budget_ms]
-    return max(within, key=lambda p: p.images_per_s) if within else None
+    return max(within, key=attrgetter("images_per_s")) if within else None
