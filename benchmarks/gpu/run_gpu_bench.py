@@ -255,6 +255,8 @@ class Plan:
         """What a configuration took on the H100 in the first round: the stack ready in 15-23 s,
         load processes and teardown about 15 s more, 7-13 s a point (10 on average, with
         perf_analyzer; about 55% of that without)."""
+        if config.kind == "cpu":
+            return self.estimate_s(config)
         per_point = 10.0 if self.perf_analyzer else 5.5
         return (
             30.0
