@@ -16,24 +16,16 @@ import sys
 from pathlib import Path
 
 from perf_analyzer_runner import perf_analyzer_version, run_perf_analyzer
+from PIL import Image
 
-from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.images import load_images
-from flowerdemo.core.sweep import SweepSettings, SweepStep, parse_concurrency_range, run_sweep
+from flowerdemo.core.sweep import SweepStep, parse_concurrency_range
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 
-async def measure_ours(
-    url: str, model: str, concurrencies: tuple[int, ...], window_s: float
-) -> list[SweepStep]:
-    photos = [image.rgb for image in load_images(sample_images_dir()).images]
-    engine = InferenceEngine(EngineSettings(url=url, model_name=model), photos)
-    await engine.connect()
-    try:
-        return await run_sweep(engine, SweepSettings(concurrencies, window_s=window_s))
-    finally:
-        await engine.close()
+def photos() -> list[Image.Image]:
+    return [image.rgb for image in load_images(sample_images_dir()).images]
 
 
 def main() -> int:
@@ -65,7 +57,11 @@ def main() -> int:
         for concurrency in concurrencies:
             # Alternate the two clients step by step, so both see the same machine state.
             (step,) = asyncio.run(
-                measure_ours(url, settings.model_name, (concurrency,), args.window)
+                sweep_server(
+                    EngineSettings(url=url, model_name=settings.model_name),
+                    photos(),
+                    SweepSettings((concurrency,), window_s=args.window),
+                )
             )
             ours[concurrency] = step
             rows, commands = run_perf_analyzer(

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 from perf_analyzer_runner import perf_analyzer_version, run_perf_analyzer
+from PIL import Image
 
 from flowerdemo.bench import step_snapshot
-from flowerdemo.core.engine import EngineSettings, InferenceEngine
+from flowerdemo.core.engine import EngineSettings
 from flowerdemo.core.images import load_images
 from flowerdemo.core.stats import perf_analyzer_row, write_perf_analyzer_csv
-from flowerdemo.core.sweep import SweepSettings, SweepStep, parse_concurrency_range, run_sweep
+from flowerdemo.core.sweep import SweepSettings, parse_concurrency_range, sweep_server
 from flowerdemo.plots import SweepPoint, best_within_budget, plot_sweeps
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.stack import LocalStack, StackSettings
@@ -47,14 +48,8 @@ def machine_description() -> str:
     return f"{os.cpu_count()} cores ({model or platform.processor() or 'unknown CPU'}), {platform.system()} {platform.release()}, Python {platform.python_version()}, no GPU"
 
 
-async def sweep_ours(url: str, concurrencies: tuple[int, ...], window_s: float) -> list[SweepStep]:
-    photos = [image.rgb for image in load_images(sample_images_dir()).images]
-    engine = InferenceEngine(EngineSettings(url=url), photos)
-    await engine.connect()
-    try:
-        return await run_sweep(engine, SweepSettings(concurrencies, window_s=window_s))
-    finally:
-        await engine.close()
+def photos() -> list[Image.Image]:
+    return [image.rgb for image in load_images(sample_images_dir()).images]
 
 
 def main() -> int:
@@ -90,7 +85,13 @@ def main() -> int:
         print(f"== {count} instance(s)", flush=True)
         with LocalStack(settings) as stack:
             url = stack.grpc_url
-            ours = asyncio.run(sweep_ours(url, concurrencies, args.window))
+            ours = asyncio.run(
+                sweep_server(
+                    EngineSettings(url=url),
+                    photos(),
+                    SweepSettings(concurrencies, window_s=args.window),
+                )
+            )
             theirs, pa_commands = run_perf_analyzer(
                 url, settings.model_name, list(concurrencies), window_ms=int(args.window * 1000)
             )

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from flowerdemo.core.engine import InferenceEngine
+from PIL import Image
+
+from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.stats import LatencySummary
 
@@ -167,3 +169,15 @@ def _step(concurrency: int, windows: list[WindowMeasurement], settings: SweepSet
         windows=len(windows),
         stable=stable,
     )
+
+
+async def sweep_server(
+    settings: EngineSettings, photos: Sequence[Image.Image], sweep: SweepSettings
+) -> list[SweepStep]:
+    """Connect an engine with `settings`, run the sweep, close it."""
+    engine = InferenceEngine(settings, photos)
+    await engine.connect()
+    try:
+        return await run_sweep(engine, sweep)
+    finally:
+        await engine.close()
