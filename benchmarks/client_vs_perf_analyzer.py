@@ -18,8 +18,9 @@ from pathlib import Path
 from perf_analyzer_runner import perf_analyzer_version, run_perf_analyzer
 from PIL import Image
 
+from flowerdemo.core.engine import EngineSettings
 from flowerdemo.core.images import load_images
-from flowerdemo.core.sweep import SweepStep, parse_concurrency_range
+from flowerdemo.core.sweep import SweepSettings, SweepStep, parse_concurrency_range, sweep_server
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
