@@ -66,7 +66,11 @@ def test_uint8_and_direct_variants_parse_and_say_so():
     assert "direct, no Envoy: diagnostic" in direct.title("H100")
     assert "UINT8" in mps7_u8.label and "NOT MIG" in mps7_u8.title("H100")
     whole = _configs("whole")[0]
-    assert (whole.input_dtype, whole.direct, whole.label) == ("fp32", False, "1 Triton, whole GPU")
+    assert (whole.input_dtype, whole.direct, whole.label) == (
+        "fp32",
+        False,
+        "1 Triton, whole GPU, 2 model instances",
+    )
     with pytest.raises(ValueError, match="needs one Triton"):
         _configs("mps7-direct")
     with pytest.raises(ValueError, match="configuration 'whole-direct-u8'"):

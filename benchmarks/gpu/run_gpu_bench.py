@@ -137,7 +137,11 @@ class Config:
                 f"{self.tritons} Triton{'s' if self.tritons > 1 else ''} x MPS {self.mps_percentage}%"
                 + suffix
             )
-        return "1 Triton, whole GPU" + suffix
+        # Two whole-GPU runs can differ only in model instances: the label must tell them apart.
+        instances = (
+            f", {self.model_instances} model instance{'s' if self.model_instances > 1 else ''}"
+        )
+        return "1 Triton, whole GPU" + instances + suffix
 
 
 def parse_configs(
