@@ -17,6 +17,8 @@ refresh at 10 Hz or more.
 
     python benchmarks/gui_responsiveness.py [--instances 2] [--duration 20]
         [--probe 2,4,8,16,32] [--model-dir DIR] [--servers-nice 10]
+
+The servers run at the embedded stack's niceness, as in the app, unless --servers-nice says otherwise.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from flowerdemo.options import RunOptions
 from flowerdemo.serving.stack import LocalStack, StackSettings
 from flowerdemo.ui.app import freeze_startup_objects, make_application, route_qt_messages
 from flowerdemo.ui.inference_task import TaskState
-from flowerdemo.ui.main_window import MainWindow
+from flowerdemo.ui.main_window import EMBEDDED_STACK_NICENESS, MainWindow
 
 TICK_S = 0.010
 KNEE_SHARE = 0.95
@@ -141,28 +143,6 @@ async def measure(window: MainWindow, name: str, seconds: float) -> Phase:
     )
 
 
-def lower_priority(stack: LocalStack, niceness: int) -> int:
-    """Give every thread of the stack's processes (Triton with its Python-backend stubs, each
-    instance in a process group of its own, and Envoy) the nice value `niceness`. Linux keeps a
-    nice value per thread, so each thread is set; threads started later inherit it."""
-    leaders = {state.pid for state in stack.states() if state.pid} | {stack.envoy_pid()}
-    changed = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # Field 5 of /proc/PID/stat is the process group; the name before it may hold spaces.
-            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
-            if group not in leaders and int(entry.name) not in leaders:
-                continue
-            for task in (entry / "task").iterdir():
-                os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
-                changed += 1
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended meanwhile
-    return changed
-
-
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -177,13 +157,11 @@ async def benchmark(args: argparse.Namespace) -> int:
         http_listen=f"127.0.0.1:{envoy + 1}",
         admin_listen=f"127.0.0.1:{envoy + 2}",
         model=args.model_dir,
+        niceness=args.servers_nice,
     )
     stack = LocalStack(settings)
     print(f"starting {args.instances} Triton instance(s) behind Envoy…", file=sys.stderr)
     await asyncio.to_thread(stack.start)
-    if args.servers_nice:
-        threads = lower_priority(stack, args.servers_nice)
-        print(f"servers at nice {args.servers_nice} ({threads} threads)", file=sys.stderr)
     phases: list[Phase] = []
     with tempfile.TemporaryDirectory() as scratch:
         window = MainWindow(
@@ -309,9 +287,9 @@ def main() -> int:
     parser.add_argument(
         "--servers-nice",
         type=int,
-        default=0,
-        help="run the stack's processes at this nice value (e.g. 10) to see how much of the "
-        "lag is the servers taking the CPU from the window on a small machine",
+        default=EMBEDDED_STACK_NICENESS,
+        help="niceness added to the Triton processes (default: the window's embedded stack's, "
+        f"{EMBEDDED_STACK_NICENESS}; 0 shows how much lag the servers cause at full priority)",
     )
     args = parser.parse_args()
     route_qt_messages()

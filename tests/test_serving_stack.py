@@ -246,6 +246,34 @@ def test_a_model_that_fails_to_load_stops_the_started_instances(stack_settings):
     assert stack.workdir is not None and not stack.workdir.exists()
 
 
+def _children(parent: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_niceness_lowers_the_priority_of_triton_and_its_model_processes(stack_settings):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with LocalStack(stack_settings(1, with_envoy=False, niceness=7)) as stack:
+        (state,) = stack.states()
+        assert state.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, state.pid) == min(base + 7, 19)
+        stubs = [
+            int(pid)
+            for pid in subprocess.run(
+                ["pgrep", "-P", str(state.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert stubs, "the Python-backend model process was not found"
+        assert all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 7, 19) for pid in stubs)
+
+
 def test_bad_settings_are_refused_before_anything_starts(stack_settings):
     with pytest.raises(StackError, match="instances: need at least 1, got 0"):
         LocalStack(replace(stack_settings(1), instances=0))

@@ -51,6 +51,9 @@ REFRESH_HZ = 15
 RESHAPE_DELAY_MS = 600
 """Top-k and batch size changes reconnect after the operator stops turning the spin box."""
 MAX_PROBLEMS_LISTED = 20
+# The embedded stack shares the laptop's cores with this window: its servers run at a lower
+# priority so the event loop keeps its timing (benchmarks/gui_responsiveness.py --servers-nice).
+EMBEDDED_STACK_NICENESS = 10
 
 _BUSY_STATES = (TaskState.STARTING_SERVERS, TaskState.CONNECTING, TaskState.CLOSING)
 _STATE_HINTS = {
@@ -356,7 +359,9 @@ class MainWindow(QMainWindow):
                     "Install it with pip install 'flowerdemo[serve]', or enter an address.",
                 )
                 return None
-            from_settings = StackSettings(instances=self._options.instances)
+            from_settings = StackSettings(
+                instances=self._options.instances, niceness=EMBEDDED_STACK_NICENESS
+            )
         self.log_panel.add(
             Severity.INFO,
             f"Starting the local stack: {from_settings.instances} Triton instance(s) behind Envoy…",
