@@ -26,7 +26,7 @@ import resnet50_model  # noqa: E402
 import run_gpu_bench  # noqa: E402
 import stage  # noqa: E402
 
-from flowerdemo.core.sweep import SweepSettings, WindowMeasurement  # noqa: E402
+from flowerdemo.core.sweep import SweepSettings, WindowMeasurement, step_from_windows  # noqa: E402
 from flowerdemo.resources import labels_file  # noqa: E402
 
 
@@ -175,7 +175,7 @@ def test_a_step_uses_the_last_stable_windows_as_run_sweep_does():
     settings = SweepSettings((1,), stable_windows=3, tolerance=0.1, max_windows=5)
     noisy = WindowMeasurement(50.0, 50.0, (0.5,), 1)
     steady = WindowMeasurement(100.0, 100.0, (0.010,) * 10, 0)
-    step = multiload.make_step(4, [noisy, steady, steady, steady], settings)
+    step = step_from_windows(4, [noisy, steady, steady, steady], settings)
     assert step.stable and step.windows == 4 and step.failed == 1
     assert step.images_per_s == pytest.approx(100.0)
     assert step.latency.p90 == pytest.approx(0.010)

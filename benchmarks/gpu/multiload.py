@@ -25,8 +25,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from flowerdemo.core.stats import LatencySummary
-from flowerdemo.core.sweep import SweepSettings, SweepStep, WindowMeasurement, is_stable
+from flowerdemo.core.sweep import (
+    SweepSettings,
+    SweepStep,
+    WindowMeasurement,
+    is_stable,
+    step_from_windows,
+)
 
 
 class LoadError(RuntimeError):
@@ -76,24 +81,6 @@ def merge_windows(parts: Sequence[WindowPart]) -> WindowMeasurement:
         requests_per_s += len(samples) / duration
         failed += part.failed
     return WindowMeasurement(images_per_s, requests_per_s, tuple(latencies), failed)
-
-
-def make_step(
-    concurrency: int, windows: Sequence[WindowMeasurement], settings: SweepSettings
-) -> SweepStep:
-    """The step from its windows, as run_sweep makes it: the last `stable_windows` count."""
-    stable = is_stable(windows, settings.stable_windows, settings.tolerance)
-    used = list(windows[-settings.stable_windows :])
-    latencies = [latency for window in used for latency in window.latencies_s]
-    return SweepStep(
-        concurrency=concurrency,
-        images_per_s=sum(w.images_per_s for w in used) / len(used),
-        requests_per_s=sum(w.requests_per_s for w in used) / len(used),
-        latency=LatencySummary.of_samples(latencies),
-        failed=sum(w.failed for w in windows),
-        windows=len(windows),
-        stable=stable,
-    )
 
 
 # ----- the worker process --------------------------------------------------------------------
@@ -275,7 +262,7 @@ class LoadPool:
         for index, worker in active:
             while self._receive(worker, index, settings.window_s + 30)[0] != "ended":
                 pass
-        return make_step(concurrency, windows, settings)
+        return step_from_windows(concurrency, windows, settings)
 
     def close(self) -> None:
         for worker in self._workers:

@@ -145,7 +145,7 @@ async def run_sweep(
                     on_window(concurrency, len(windows), window)
                 if is_stable(windows, settings.stable_windows, settings.tolerance):
                     break
-            step = _step(concurrency, windows, settings)
+            step = step_from_windows(concurrency, windows, settings)
             steps.append(step)
             if on_step is not None:
                 on_step(step)
@@ -156,9 +156,12 @@ async def run_sweep(
     return steps
 
 
-def _step(concurrency: int, windows: list[WindowMeasurement], settings: SweepSettings) -> SweepStep:
+def step_from_windows(
+    concurrency: int, windows: Sequence[WindowMeasurement], settings: SweepSettings
+) -> SweepStep:
+    """A step from its windows: the last `stable_windows` give its figures; failures count all."""
     stable = is_stable(windows, settings.stable_windows, settings.tolerance)
-    used = windows[-settings.stable_windows :]
+    used = list(windows[-settings.stable_windows :])
     latencies = [latency for window in used for latency in window.latencies_s]
     return SweepStep(
         concurrency=concurrency,
