@@ -258,9 +258,11 @@ def _children(parent: int) -> list[int]:
     return children
 
 
-def test_niceness_lowers_the_priority_of_triton_and_its_model_processes(stack_settings):
+def test_niceness_lowers_the_priority_of_triton_its_model_processes_and_envoy(stack_settings):
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    with LocalStack(stack_settings(1, with_envoy=False, niceness=7)) as stack:
+    with LocalStack(stack_settings(1, niceness=7)) as stack:
+        envoy = stack.envoy_pid()
+        assert envoy is not None and os.getpriority(os.PRIO_PROCESS, envoy) == min(base + 7, 19)
         (state,) = stack.states()
         assert state.pid is not None
         assert os.getpriority(os.PRIO_PROCESS, state.pid) == min(base + 7, 19)

@@ -115,7 +115,7 @@ class StackSettings:
     stop_timeout_s: float = 10.0
     envoy_concurrency: int = 1
     niceness: int = 0
-    """Scheduling priority added to the Triton processes. The window's embedded stack uses 10:
+    """Scheduling priority added to the Triton and Envoy processes. The window's embedded stack uses 10:
     on a laptop's few cores the window stays responsive while the servers take what is left."""
     envoy_log_level: str = "warn"
 
@@ -520,16 +520,21 @@ class LocalStack:
             instance.state = "failed"
             instance.message = f"cannot run {command[0]}: {error}"
             raise StackError(f"{plan.name}: {instance.message}") from error
-        if self.settings.niceness:
-            # Set before the model loads, so the Python-backend stubs Triton starts inherit it.
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, instance.process.pid, self.settings.niceness)
+        # Set before the model loads, so the Python-backend stubs Triton starts inherit it.
+        self._lower_priority(instance.process.pid)
         self._tell_watchdog(f"group {instance.process.pid}")
         self._tell_watchdog(f"shm {instance.shm_prefix}")
         instance.state = "starting"
         instance.message = ""
         instance.expected_exit = False
         instance.started_at = time.monotonic()
+
+    def _lower_priority(self, pid: int) -> None:
+        # Linux keeps a nice value per thread; threads and processes started later inherit it,
+        # so setting it right after the spawn covers what the server starts afterwards.
+        if self.settings.niceness:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, self.settings.niceness)
 
     def _wait_ready(self, instances: list[_Instance]) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout_s
@@ -607,6 +612,7 @@ class LocalStack:
             )
         except OSError as error:
             raise StackError(f"envoy: cannot run {command[0]}: {error}") from error
+        self._lower_priority(self._envoy.pid)
         self._tell_watchdog(f"group {self._envoy.pid}")
         deadline = time.monotonic() + 15.0
         while True:
