@@ -379,18 +379,23 @@ class TileGrid(QAbstractScrollArea):
 
     # Overlays are drawn once per look and size, then blitted: at hundreds of answers a second,
     # text layout would otherwise be most of the GUI thread's work.
-    def _new_layer(self) -> tuple[QImage, QPainter, int]:
+    def _transparent_layer(self, width: int, height: int) -> tuple[QImage, QPainter]:
+        """A clear, antialiased image of width x height logical pixels at the screen's density."""
         ratio = self.devicePixelRatioF()
-        side = self._layout.tile
         layer = QImage(
-            max(1, round(side * ratio)),
-            max(1, round(side * ratio)),
+            max(1, round(width * ratio)),
+            max(1, round(height * ratio)),
             QImage.Format.Format_ARGB32_Premultiplied,
         )
         layer.setDevicePixelRatio(ratio)
         layer.fill(Qt.GlobalColor.transparent)
         painter = QPainter(layer)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        return layer, painter
+
+    def _new_layer(self) -> tuple[QImage, QPainter, int]:
+        side = self._layout.tile
+        layer, painter = self._transparent_layer(side, side)
         painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
         frame = QPainterPath()
         radius = self._corner_radius(side)
@@ -533,16 +538,7 @@ class TileGrid(QAbstractScrollArea):
         metrics = QFontMetrics(font)
         pad = max(2, metrics.height() // 5)
         width, height = metrics.horizontalAdvance(text) + 2 * pad, metrics.height() + pad
-        ratio = self.devicePixelRatioF()
-        layer = QImage(
-            max(1, round(width * ratio)),
-            max(1, round(height * ratio)),
-            QImage.Format.Format_ARGB32_Premultiplied,
-        )
-        layer.setDevicePixelRatio(ratio)
-        layer.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(layer)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        layer, painter = self._transparent_layer(width, height)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 185))
         chip = QRect(0, 0, width, height)
