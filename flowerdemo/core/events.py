@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+INSTANCE_HEADER = "x-flowerdemo-instance"
+"""The response header our Envoy adds to every answer: the name of the Triton instance that served it."""
+UNKNOWN_INSTANCE = "unknown"
+"""The instance of an answer that carried no INSTANCE_HEADER (a server not behind our Envoy)."""
+
 
 class ErrorKind(str, Enum):
     UNAVAILABLE = "unavailable"
@@ -46,6 +51,8 @@ class InferenceEvent:
     topk: tuple[tuple[Classification, ...], ...] = ()
     """Per image of the request, best first; empty when the request failed."""
     error: RequestError | None = None
+    instance: str = UNKNOWN_INSTANCE
+    """The instance that answered, as the load balancer named it (cleaned server text)."""
 
     @property
     def ok(self) -> bool:
