@@ -99,6 +99,15 @@ def test_the_no_request_lost_settings_are_present():
     assert http_cluster["health_checks"][0]["http_health_check"]["path"] == "/v2/health/ready"
     assert "typed_extension_protocol_options" not in http_cluster
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # Every answer names its instance, from the endpoint's metadata.
+    (header,) = manager["route_config"]["virtual_hosts"][0]["routes"][0]["response_headers_to_add"]
+    assert header["header"] == {
+        "key": "x-flowerdemo-instance",
+        "value": "%UPSTREAM_METADATA(flowerdemo:instance)%",
+    }
+    endpoints = grpc_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    names = [e["metadata"]["filter_metadata"]["flowerdemo"]["instance"] for e in endpoints]
+    assert names == ["triton-0", "triton-1", "triton-2"]
     assert http_listener["address"]["socket_address"]["port_value"] == 50051
 
 

@@ -15,14 +15,18 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from flowerdemo.core.events import INSTANCE_HEADER
 from flowerdemo.serving.stack import (
     LocalStack,
     StackError,
@@ -143,6 +147,62 @@ def test_envoy_spreads_requests_over_both_instances(local_stack):
     served = [a - b for a, b in zip(after, before, strict=True)]
     # Round robin with one Envoy worker: ten 2-image requests, five to each instance.
     assert served == [10, 10]
+
+
+async def _grpc_answer_instances(url: str, count: int) -> list[str]:
+    """`count` ModelInfer calls made directly with grpc.aio (tritonclient drops response
+    headers): the INSTANCE_HEADER of each answer's initial metadata."""
+    request = service_pb2.ModelInferRequest(model_name="flowers")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 224, 224])
+    request.outputs.add(name="probabilities")
+    request.raw_input_contents.append(_batch(1).tobytes())
+    names = []
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(count):
+            call = stub.ModelInfer(request, timeout=10)
+            response = await call
+            assert response.outputs[0].shape == [1, 102]
+            metadata = dict(await call.initial_metadata())
+            names.append(metadata.get(INSTANCE_HEADER, "missing"))
+    return names
+
+
+async def test_every_grpc_answer_names_the_instance_that_served_it(local_stack):
+    names = await _grpc_answer_instances(local_stack.grpc_url, 6)
+    # Round robin over the two instances: three answers each, each named by Envoy.
+    assert sorted(names) == ["triton-0"] * 3 + ["triton-1"] * 3
+
+
+def test_every_http_answer_names_the_instance_that_served_it(local_stack):
+    names = []
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 3, 224, 224],
+                    "datatype": "FP32",
+                    "data": _batch(1).ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    for _ in range(4):
+        request = urllib.request.Request(
+            f"http://{local_stack.http_url}/v2/models/flowers/infer",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert len(json.loads(response.read())["outputs"][0]["data"]) == 102
+            names.append(response.headers.get(INSTANCE_HEADER))
+    # Metadata calls are answers too.
+    url = f"http://{local_stack.http_url}/v2/health/ready"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        names.append(response.headers.get(INSTANCE_HEADER))
+    assert sorted(names[:4]) == ["triton-0", "triton-0", "triton-1", "triton-1"]
+    assert names[4] in ("triton-0", "triton-1")
 
 
 def test_a_crash_is_reported_restarted_and_cleaned_up(stack_settings):

@@ -375,6 +375,7 @@ def write_print_config(
     envoy_settings = envoy_config.EnvoySettings(
         grpc_upstreams=tuple(i.grpc_address for i in instances),
         http_upstreams=tuple(i.http_address for i in instances),
+        instance_names=tuple(i.name for i in instances),
         listen=settings.listen,
         http_listen=settings.http_listen,
         admin_listen=settings.admin_listen,

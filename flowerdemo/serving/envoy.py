@@ -23,11 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowerdemo.core.events import INSTANCE_HEADER
+
 LB_POLICIES = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST"}
 GRPC_RETRY_ON = "connect-failure,refused-stream,unavailable,reset"
 # For HTTP, 502/503/504 from Envoy or Triton mean "not served"; other 5xx may be a model error
 # that another instance would repeat.
 HTTP_RETRY_ON = "connect-failure,refused-stream,reset,gateway-error"
+# Endpoint metadata naming the instance: filter_metadata[flowerdemo][instance].
+METADATA_NAMESPACE = "flowerdemo"
+METADATA_INSTANCE_KEY = "instance"
 
 
 class EnvoyConfigError(ValueError):
@@ -52,6 +57,8 @@ class EnvoySettings:
 
     grpc_upstreams: tuple[str, ...]
     http_upstreams: tuple[str, ...] = ()
+    instance_names: tuple[str, ...] = ()
+    """The instances' names, in upstream order; empty means `triton-<index>`."""
     listen: str = "127.0.0.1:50050"
     http_listen: str | None = "127.0.0.1:50051"
     admin_listen: str = "127.0.0.1:50052"
@@ -95,6 +102,16 @@ class EnvoySettings:
             raise EnvoyConfigError("an HTTP listener needs the instances' HTTP upstreams")
         if self.health_interval_s <= 0 or self.health_timeout_s <= 0:
             raise EnvoyConfigError("health check interval and timeout must be positive")
+        if self.instance_names and len(self.instance_names) != len(self.grpc_upstreams):
+            raise EnvoyConfigError(
+                f"{len(self.instance_names)} instance names for "
+                f"{len(self.grpc_upstreams)} gRPC upstreams"
+            )
+
+    def instance_name(self, index: int) -> str:
+        if index < len(self.instance_names):
+            return self.instance_names[index]
+        return f"triton-{index}"
 
     @property
     def retries(self) -> int:
@@ -130,6 +147,23 @@ def _retry_policy(retry_on: str, settings: EnvoySettings) -> dict[str, Any]:
     }
 
 
+def _instance_header() -> dict[str, Any]:
+    # The name comes from the metadata of the endpoint that answered (see endpoint_metadata), so
+    # the client can attribute every answer; an upstream's own header of that name is replaced.
+    return {
+        "header": {
+            "key": INSTANCE_HEADER,
+            "value": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{METADATA_INSTANCE_KEY})%",
+        },
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+
+
+def endpoint_metadata(instance: str) -> dict[str, Any]:
+    """The metadata of one endpoint: the instance's name, read back by the response header."""
+    return {"filter_metadata": {METADATA_NAMESPACE: {METADATA_INSTANCE_KEY: instance}}}
+
+
 def _listener(
     name: str, address: str, cluster: str, retry_on: str, settings: EnvoySettings, *, grpc: bool
 ) -> dict[str, Any]:
@@ -153,6 +187,7 @@ def _listener(
                                 "timeout": _seconds(settings.route_timeout_s),
                                 "retry_policy": _retry_policy(retry_on, settings),
                             },
+                            "response_headers_to_add": [_instance_header()],
                         }
                     ],
                 }
@@ -249,8 +284,11 @@ def _cluster(
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _socket_address(upstream, f"{name} upstream")}}
-                        for upstream in upstreams
+                        {
+                            "endpoint": {"address": _socket_address(upstream, f"{name} upstream")},
+                            "metadata": endpoint_metadata(settings.instance_name(index)),
+                        }
+                        for index, upstream in enumerate(upstreams)
                     ]
                 }
             ],

@@ -578,6 +578,7 @@ class LocalStack:
         return envoy_config.EnvoySettings(
             grpc_upstreams=tuple(i.plan.grpc_address for i in self._instances),
             http_upstreams=tuple(i.plan.http_address for i in self._instances),
+            instance_names=tuple(i.plan.name for i in self._instances),
             listen=s.listen,
             http_listen=s.http_listen,
             admin_listen=s.admin_listen,
