@@ -14,6 +14,7 @@ import math
 import sys
 import tarfile
 from array import array
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,14 @@ import multiload  # noqa: E402
 import resnet50_model  # noqa: E402
 import run_gpu_bench  # noqa: E402
 import stage  # noqa: E402
+from gpubench import configs, report  # noqa: E402
 
 from flowerdemo.core.sweep import SweepSettings, WindowMeasurement, step_from_windows  # noqa: E402
 from flowerdemo.resources import labels_file  # noqa: E402
 
 
-def _configs(text: str) -> list[run_gpu_bench.Config]:
-    return run_gpu_bench.parse_configs(
+def _configs(text: str) -> list[configs.Config]:
+    return configs.parse_configs(
         text,
         mps_percentage=14,
         whole_instances=2,
@@ -75,17 +77,17 @@ def test_uint8_and_direct_variants_parse_and_say_so():
         _configs("mps7-direct")
     with pytest.raises(ValueError, match="configuration 'whole-direct-u8'"):
         _configs("whole-direct-u8")
-    assert run_gpu_bench.cpu_configs("cpu-u8,cpu-direct") == "cpu-u8,cpu-direct"
-    assert run_gpu_bench.cpu_configs("whole-u8") == "cpu"
-    assert run_gpu_bench.cpu_configs(None) == "cpu"
+    assert configs.cpu_configs("cpu-u8,cpu-direct") == "cpu-u8,cpu-direct"
+    assert configs.cpu_configs("whole-u8") == "cpu"
+    assert configs.cpu_configs(None) == "cpu"
 
 
 def test_second_round_plan_fits_one_call():
     args = run_gpu_bench.parse_args(
         ["--configs", "whole-direct,whole-u8,mps1-u8,mps7-u8", "--no-perf-analyzer"]
     )
-    plan = run_gpu_bench.build_plan(args, Path("nonexistent-home"))
-    plan = run_gpu_bench.replace(plan, perf_analyzer="perf_analyzer")
+    plan = configs.build_plan(args, Path("nonexistent-home"))
+    plan = replace(plan, perf_analyzer="perf_analyzer")
     direct, u8 = plan.configs[0], plan.configs[1]
     assert plan.concurrencies_for(direct) == (1, 8, 64, 256)
     assert plan.concurrencies_for(u8) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -111,6 +113,7 @@ def test_repository_batches_into_the_graph_buckets(tmp_path):
     assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*")) == [
         "1",
         "1/model.py",
+        "1/resnet.py",
         "config.pbtxt",
         "labels.txt",
     ]
@@ -134,6 +137,9 @@ def test_repository_batches_into_the_graph_buckets(tmp_path):
     ):
         assert expected in config, expected
     assert "class TritonPythonModel" in (model / "1" / "model.py").read_text()
+    # The network's one definition, the training package's, travels beside model.py.
+    assert (model / "1" / "resnet.py").read_bytes() == resnet50_model.RESNET_SOURCE.read_bytes()
+    assert resnet50_model.RESNET_SOURCE.match("flowerdemo/training/resnet.py")
     cpu = resnet50_model.config_pbtxt(kind="cpu", buckets=(4, 1, 2))
     assert "kind: KIND_CPU" in cpu and "max_batch_size: 4" in cpu and "gpus" not in cpu
 
@@ -214,11 +220,9 @@ def _meta(name: str, mps: bool, points: list[tuple[int, float, float, float]]) -
 
 
 def test_report_figures_budget_scaling_and_collapse():
-    curve = run_gpu_bench.Curve(
-        [1, 2, 4, 8], [100.0, 190.0, 170.0, 300.0], [1, 1, 1, 1], [10, 20, 60, 40]
-    )
-    assert run_gpu_bench.budget_figures(curve, 50.0) == (8, 300.0)
-    fall, where = run_gpu_bench.largest_fall(curve)
+    curve = report.Curve([1, 2, 4, 8], [100.0, 190.0, 170.0, 300.0], [1, 1, 1, 1], [10, 20, 60, 40])
+    assert report.budget_figures(curve, 50.0) == (8, 300.0)
+    fall, where = report.largest_fall(curve)
     assert fall == pytest.approx(20 / 190) and where == 4
     metas = {
         "whole": _meta("whole", False, [(1, 450.0, 2.2, 2.6), (256, 9000.0, 25.0, 30.0)]),
@@ -227,13 +231,13 @@ def test_report_figures_budget_scaling_and_collapse():
         ),
         "mps7": _meta("mps7", True, [(1, 300.0, 3.0, 3.5), (256, 5400.0, 40.0, 48.0)]),
     }
-    text = run_gpu_bench.summary_markdown(metas, "plan", "machine", 50.0)
+    text = report.summary_markdown(metas, "plan", "machine", 50.0)
     assert "NOT MIG" in text
     assert "| 7 vs 1 MPS instances at p90 <= 50 ms: >= 5x | 6.00x | yes |" in text
     assert "| whole GPU: p50 at concurrency 1 <= 2.5 ms | 2.20 ms | yes |" in text
     assert "| whole GPU: peak >= 8,000 img/s | 9,000 img/s | yes |" in text
     assert "0.980" in text  # ours / perf_analyzer at each point
-    assert math.isclose(run_gpu_bench.largest_fall(run_gpu_bench.curves(metas["mps1"])[0])[0], 0.1)
+    assert math.isclose(report.largest_fall(report.curves(metas["mps1"])[0])[0], 0.1)
 
 
 def _fake_payload(tmp_path: Path) -> tuple[bytes, dict]:
@@ -320,7 +324,7 @@ def test_outputs_hold_the_summary_charts_and_every_configuration(tmp_path):
         (results / name).mkdir(parents=True)
         (results / name / "meta.json").write_text(json.dumps(_meta(name, mps, points)))
     out = tmp_path / "out"
-    run_gpu_bench.write_outputs(results, out, "the plan", 50.0, None)
+    report.write_outputs(results, out, "the plan", 50.0, None)
     assert sorted(p.name for p in out.iterdir()) == [
         "latency_p90.png",
         "results.tar.gz",
@@ -335,7 +339,7 @@ def test_outputs_hold_the_summary_charts_and_every_configuration(tmp_path):
     assert "Charts:" not in (out / "summary.md").read_text()
     # Merging what two device calls brought back gives the same report, one folder each.
     merged = tmp_path / "merged"
-    assert run_gpu_bench.summarize_folders([out], merged, 50.0) == 0
+    assert report.summarize_folders([out], merged, 50.0) == 0
     assert (merged / "summary.md").is_file() and (merged / "mps7" / "meta.json").is_file()
 
 
@@ -361,9 +365,9 @@ def test_summarize_adds_a_new_run_to_a_folder_written_by_summarize(tmp_path):
         (results / name / "meta.json").write_text(json.dumps(meta))
     (results / "plan.txt").write_text("run of later:\nnew plan\n")  # as a device call keeps it
     new = tmp_path / "new"
-    run_gpu_bench.write_outputs(results, new, "run of later:\nnew plan", 50.0, None)
+    report.write_outputs(results, new, "run of later:\nnew plan", 50.0, None)
     out = tmp_path / "merged"
-    assert run_gpu_bench.summarize_folders([committed, new], out, 50.0) == 0
+    assert report.summarize_folders([committed, new], out, 50.0) == 0
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["mps1", "mps1-u8", "mps7", "mps7-u8", "whole", "whole-u8"]
     text = (out / "summary.md").read_text()
@@ -375,7 +379,7 @@ def test_summarize_adds_a_new_run_to_a_folder_written_by_summarize(tmp_path):
     )
     assert "| 7 vs 1 MPS instances at p90 <= 50 ms: >= 5x | 1.00x | **no** |" in text
     # Summarizing into the committed folder itself works too (it is read before it is written).
-    assert run_gpu_bench.summarize_folders([committed, new], committed, 50.0) == 0
+    assert report.summarize_folders([committed, new], committed, 50.0) == 0
     assert (committed / "mps7-u8" / "meta.json").is_file() and (
         committed / "mps7" / "meta.json"
     ).is_file()

@@ -6,9 +6,10 @@ One file, three uses:
   neither torch nor Triton;
 - `python resnet50_model.py --cpu-smoke | --gpu-smoke` checks the network without Triton.
 
-The network is ResNet-50 v1.5 with a 102-class head and a softmax, built here with exactly
-torchvision's module names (a torchvision `resnet50(num_classes=102)` state dict loads as it is;
-`--gpu-smoke` checks that against torchvision where it is installed). Weights are random (seeded)
+The network is ResNet-50 v1.5 with a 102-class head and a softmax: the training package's
+definition (`flowerdemo/training/resnet.py`, copied beside `model.py` in the repository), with
+exactly torchvision's module names (a torchvision `resnet50(num_classes=102)` state dict loads
+as it is; `--gpu-smoke` checks that against torchvision where it is installed). Weights are random (seeded)
 unless the config's `weights` parameter names a state dict. On the GPU it runs in FP16,
 channels_last, with every BatchNorm folded into its convolution. What keeps it fast under load
 (a naive eager model collapsed at concurrency 16 on the H100):
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -46,71 +48,40 @@ INPUT_DTYPES = ("fp32", "uint8")
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 WARMUP_RUNS = 3
 LABELS_FILE_NAME = "labels.txt"
+RESNET_FILE_NAME = "resnet.py"
+# The one ResNet-50 definition, in the training package; copied into the model folder.
+RESNET_SOURCE = (
+    Path(__file__).resolve().parent.parent.parent / "flowerdemo" / "training" / "resnet.py"
+)
 
 
 # ----- the network ---------------------------------------------------------------------------
 
 
+def _resnet_definition() -> Any:
+    """The training package's ResNet-50 module (`flowerdemo/training/resnet.py`, torch only):
+    in a Triton model folder the copy that `write_repository` put beside this file, else the
+    checkout's. Loaded from its file: the flowerdemo package is not importable in the stub."""
+    import importlib.util
+
+    name = "flowerdemo_resnet50_definition"
+    if name in sys.modules:
+        return sys.modules[name]
+    beside = Path(__file__).resolve().parent / RESNET_FILE_NAME
+    path = beside if beside.is_file() else RESNET_SOURCE
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the ResNet-50 definition from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_resnet50(num_classes: int = NUM_CLASSES) -> Any:
-    """ResNet-50 v1.5 (stride on the 3x3 convolution), named as torchvision names it."""
-    import torch
-    from torch import nn
-
-    class Bottleneck(nn.Module):  # type: ignore[misc]
-        expansion = 4
-
-        def __init__(self, in_channels: int, width: int, stride: int) -> None:
-            super().__init__()
-            out_channels = width * self.expansion
-            self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(width)
-            self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(out_channels)
-            self.relu = nn.ReLU(inplace=True)
-            self.downsample: nn.Module | None = None
-            if stride != 1 or in_channels != out_channels:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                    nn.BatchNorm2d(out_channels),
-                )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            return self.relu(out + identity)  # type: ignore[no-any-return]
-
-    class ResNet50(nn.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-            channels = 64
-            stages = []
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                layers = []
-                for index in range(blocks):
-                    layers.append(Bottleneck(channels, width, stride if index == 0 else 1))
-                    channels = width * Bottleneck.expansion
-                stages.append(nn.Sequential(*layers))
-            self.layer1, self.layer2, self.layer3, self.layer4 = stages
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(channels, num_classes)
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(torch.flatten(self.avgpool(x), 1))  # type: ignore[no-any-return]
-
-    return ResNet50()
+    """ResNet-50 v1.5 (stride on the 3x3 convolution), named as torchvision names it: the
+    training package's definition, the one the flower ResNet-50 was trained with."""
+    return _resnet_definition().ResNet50(num_classes)
 
 
 def randomize_batchnorm(model: Any, seed: int) -> None:
@@ -485,6 +456,8 @@ def write_repository(root: Path, labels: Path, **options: Any) -> Path:
     (model_dir / "1" / "model.py").write_text(
         Path(__file__).read_text(encoding="utf-8"), encoding="utf-8"
     )
+    # The network's definition travels beside model.py (the stub cannot import flowerdemo).
+    shutil.copyfile(RESNET_SOURCE, model_dir / "1" / RESNET_FILE_NAME)
     return root
 
 
