@@ -42,7 +42,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
     parser.add_argument("--max-windows", type=int, default=10)
     parser.add_argument(
-        "--stability", type=float, default=0.10, help="allowed spread of the last 3 windows"
+        "--stability-percentage",
+        type=float,
+        default=10.0,
+        metavar="PERCENT",
+        help="as perf_analyzer's: a step is stable when, over its last 3 windows, the largest "
+        "throughput and the largest latency are each within PERCENT %% of the smallest (default 10)",
     )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
@@ -88,7 +93,10 @@ def run_bench(args: argparse.Namespace) -> int:
         mode="auto",
     )
     settings = SweepSettings(
-        concurrencies, window_s=args.window, tolerance=args.stability, max_windows=args.max_windows
+        concurrencies,
+        window_s=args.window,
+        tolerance=args.stability_percentage / 100,
+        max_windows=args.max_windows,
     )
     try:
         steps = asyncio.run(_sweep(options, settings))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 from typing import TextIO
 
 from flowerdemo.core.engine import ConnectError, InferenceEngine
-from flowerdemo.core.events import InferenceEvent
+from flowerdemo.core.events import UNKNOWN_INSTANCE, InferenceEvent
 from flowerdemo.core.images import FlowerImage, NoImagesError, load_images
 from flowerdemo.core.stats import (
     RunStatistics,
@@ -46,7 +47,7 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
         if url is None:
             return 2
         engine = InferenceEngine(options.engine_settings(url), [image.rgb for image in images])
-        statistics = RunStatistics()
+        statistics = RunStatistics(budget_s=options.budget_ms / 1000, percentile=options.percentile)
         engine.add_sink(statistics.record)
         try:
             try:
@@ -124,10 +125,12 @@ def describe_event(event: InferenceEvent, image: FlowerImage) -> str:
 
 def status_line(snapshot: StatsSnapshot) -> str:
     window = snapshot.window
+    verdict = snapshot.over_budget
+    mark = "" if verdict is None else (" OVER BUDGET" if verdict else " ok")
     return (
         f"sent {snapshot.sent}  answered {snapshot.answered}  failed {snapshot.failed}  "
         f"in flight {snapshot.in_flight} | {snapshot.window_images_per_s:8.1f} img/s | "
-        f"p50 {_ms(window.p50)}  p90 {_ms(window.p90)}"
+        f"p50 {_ms(window.p50)}  p{snapshot.percentile} {_ms(snapshot.window_verdict_s)}{mark}"
     )
 
 
@@ -140,13 +143,43 @@ def _print_summary(snapshot: StatsSnapshot, options: RunOptions, out: TextIO) ->
     )
     print(
         f"Latency: mean {_ms(run.mean)}  p50 {_ms(run.p50)}  p90 {_ms(run.p90)}  "
-        f"p95 {_ms(run.p95)}  p99 {_ms(run.p99)} (budget {options.budget_ms:g} ms)",
+        f"p95 {_ms(run.p95)}  p99 {_ms(run.p99)}",
         file=out,
     )
+    verdict = "within" if snapshot.run_verdict_s <= snapshot.budget_s else "OVER"
+    if math.isnan(snapshot.run_verdict_s):
+        verdict = "no answer to judge against"
+    print(
+        f"Budget {options.budget_ms:g} ms: p{snapshot.percentile} {_ms(snapshot.run_verdict_s).strip()} "
+        f"{verdict} the budget; Goodput {_percent(snapshot.run_goodput).strip()} of answers within it",
+        file=out,
+    )
+    for line in instance_lines(snapshot):
+        print(line, file=out)
     for kind, count in sorted(snapshot.errors_by_kind.items()):
         print(f"Errors: {count} {kind}", file=out)
     if snapshot.last_error:
         print(f"Last error: {snapshot.last_error}", file=out)
+
+
+def instance_lines(snapshot: StatsSnapshot) -> list[str]:
+    """One summary line per instance that answered or failed (none when no answer named one)."""
+    instances = snapshot.instances
+    if not instances or [i.name for i in instances] == [UNKNOWN_INSTANCE]:
+        return []
+    width = max(len(i.name) for i in instances)
+    lines = []
+    for instance in instances:
+        share = instance.answered / snapshot.answered if snapshot.answered else math.nan
+        lines.append(
+            f"  {instance.name:<{width}}  {instance.answered:>8} answered ({_percent(share)})  "
+            f"{instance.failed:>5} failed  p50 {_ms(instance.run.p50)}  p90 {_ms(instance.run.p90)}"
+        )
+    return [f"Instances ({len(instances)}):", *lines]
+
+
+def _percent(share: float) -> str:
+    return "  -  " if math.isnan(share) else f"{share * 100:4.1f}%"
 
 
 def _write_report(options: RunOptions, snapshot: StatsSnapshot) -> None:

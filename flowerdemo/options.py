@@ -16,6 +16,7 @@ from flowerdemo.core.preprocess import (
     ResizeMode,
     Scaling,
 )
+from flowerdemo.core.stats import DEFAULT_PERCENTILE
 from flowerdemo.resources import labels_file, sample_images_dir
 
 Mode = Literal["interactive", "auto"]
@@ -42,6 +43,8 @@ class RunOptions:
     resize: ResizeMode = "crop"
     timeout_s: float = 10.0
     budget_ms: float = DEFAULT_BUDGET_MS
+    percentile: int = DEFAULT_PERCENTILE
+    """The verdict percentile: the latency the budget, the badge and the summary judge by."""
     instances: int = DEFAULT_LOCAL_INSTANCES
     fullscreen: bool = False
     headless: bool = False
@@ -112,6 +115,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="latency budget shown on the charts",
     )
     parser.add_argument(
+        "--percentile",
+        type=int,
+        default=DEFAULT_PERCENTILE,
+        help="the latency percentile judged against the budget everywhere (default 90)",
+    )
+    parser.add_argument(
         "--instances",
         type=int,
         default=DEFAULT_LOCAL_INSTANCES,
@@ -138,6 +147,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         resize=args.resize,
         timeout_s=args.timeout,
         budget_ms=args.budget_ms,
+        percentile=args.percentile,
         instances=args.instances,
         fullscreen=args.fullscreen,
         headless=args.headless,
@@ -157,6 +167,8 @@ def validate_options(options: RunOptions) -> list[str]:
         problems.append(f"--duration must be positive, not {options.duration_s}")
     if options.timeout_s <= 0:
         problems.append(f"--timeout must be positive, not {options.timeout_s}")
+    if not 1 <= options.percentile <= 99:
+        problems.append(f"--percentile must be between 1 and 99, not {options.percentile}")
     if options.instances < 1:
         problems.append(f"--instances must be at least 1, not {options.instances}")
     if options.labels is not None and not options.labels.is_file():

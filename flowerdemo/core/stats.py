@@ -3,6 +3,18 @@
 The whole run goes into a log-bucketed histogram (memory stays constant through a day at a
 booth; percentiles are exact to within half a bucket, 0.5%). The sliding window keeps exact
 samples, since it only ever holds a few seconds of them.
+
+The same figures are kept per instance (the `instance` each answer names), for at most
+`MAX_TRACKED_INSTANCES` names: a server that invents a new name per answer cannot grow memory,
+the names past the cap are counted together as `OTHER_INSTANCES`.
+
+One verdict percentile (`RunStatistics.percentile`, 90 unless set) and one latency budget
+(`RunStatistics.budget_s`) judge the run: the snapshot carries the latency at that percentile and
+the goodput, the share of answers within the budget, over the window and over the run.
+
+Server-side figures (Triton's statistics: queue, compute input, infer, output) come from outside:
+whoever polls the servers hands cumulative counters to `RunStatistics.record_server`; the
+snapshot carries their per-request averages over the window and over the run.
 """
 
 from __future__ import annotations
@@ -10,18 +22,25 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from flowerdemo.core.events import InferenceEvent
 
 PERCENTILES = (50, 90, 95, 99)
+DEFAULT_PERCENTILE = 90
+"""The verdict percentile unless the user picks another (`--percentile`), as in the seed's figures."""
+MAX_TRACKED_INSTANCES = 32
+"""Distinct instance names kept apart; answers naming any further instance count as OTHER_INSTANCES."""
+OTHER_INSTANCES = "other"
 
 PERF_ANALYZER_COLUMNS = (
     "Concurrency",
@@ -38,6 +57,10 @@ PERF_ANALYZER_COLUMNS = (
     "p95 latency",
     "p99 latency",
 )
+EXTRA_COLUMNS = ("Request Rate", "Delayed Requests", "Budget", "Goodput")
+"""After perf_analyzer's columns: the open-loop rate asked for and the requests sent late (empty
+for closed-loop load), the latency budget (us) and the share of answers within it."""
+CSV_COLUMNS = PERF_ANALYZER_COLUMNS + EXTRA_COLUMNS
 
 
 class LatencyHistogram:
@@ -80,6 +103,14 @@ class LatencyHistogram:
         # The geometric middle of the bucket: at most half a bucket (0.5%) from any sample in it.
         return float(min(self.LOWEST_S * self.GROWTH ** (bucket + 0.5), self._max))
 
+    def fraction_at_most(self, limit_s: float) -> float:
+        """The share of samples at or below `limit_s` (to within the bucket that holds it)."""
+        if not self._total or math.isnan(limit_s):
+            return math.nan
+        if limit_s < self.LOWEST_S:
+            return 0.0
+        return float(self._counts[: self._bucket(limit_s) + 1].sum()) / self._total
+
     def _bucket(self, latency_s: float) -> int:
         if latency_s <= self.LOWEST_S:
             return 0
@@ -103,8 +134,8 @@ class LatencySummary:
         return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
 
     @classmethod
-    def of_samples(cls, samples: Sequence[float]) -> LatencySummary:
-        if not samples:
+    def of_samples(cls, samples: Sequence[float] | npt.NDArray[np.float64]) -> LatencySummary:
+        if len(samples) == 0:
             return cls.empty()
         values = np.asarray(samples, dtype=np.float64)
         p50, p90, p95, p99 = np.percentile(values, PERCENTILES, method="inverted_cdf")
@@ -118,6 +149,93 @@ class LatencySummary:
             return cls.empty()
         p50, p90, p95, p99 = (histogram.percentile(q) for q in PERCENTILES)
         return cls(histogram.count, histogram.mean(), p50, p90, p95, p99)
+
+
+@dataclass(frozen=True)
+class InstanceStats:
+    """One instance's part of the run, by the name its answers carried (see events.INSTANCE_HEADER)."""
+
+    name: str
+    answered: int
+    failed: int
+    window_answered: int
+    window_share: float
+    """The share of the window's answers this instance gave, 0 to 1 (NaN while the window is empty)."""
+    window_images_per_s: float
+    window: LatencySummary
+    run: LatencySummary
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """Triton's cumulative inference statistics of one model on one server (nanoseconds)."""
+
+    success_count: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    def since(self, earlier: ServerCounters) -> ServerCounters:
+        """What was added after `earlier`. A server that restarted counts from zero again: then
+        everything it has counted is new."""
+        if self.success_count < earlier.success_count:
+            return self
+        return ServerCounters(
+            self.success_count - earlier.success_count,
+            self.queue_ns - earlier.queue_ns,
+            self.compute_input_ns - earlier.compute_input_ns,
+            self.compute_infer_ns - earlier.compute_infer_ns,
+            self.compute_output_ns - earlier.compute_output_ns,
+        )
+
+
+ServerTotals = Mapping[str, ServerCounters]
+"""Cumulative counters per server (keyed by its address), read at one moment."""
+
+
+@dataclass(frozen=True)
+class ServerSplit:
+    """Where the servers spent an answer's time: per-request averages in seconds over a span,
+    summed over every server read (the instances behind the balancer)."""
+
+    requests: int
+    servers: int
+    queue_s: float
+    compute_input_s: float
+    compute_infer_s: float
+    compute_output_s: float
+
+    @property
+    def compute_s(self) -> float:
+        return self.compute_input_s + self.compute_infer_s + self.compute_output_s
+
+    @property
+    def server_s(self) -> float:
+        return self.queue_s + self.compute_s
+
+    @classmethod
+    def between(cls, earlier: ServerTotals, later: ServerTotals) -> ServerSplit | None:
+        """The averages over the requests the servers finished between two readings; None when
+        none finished. A server missing from the earlier reading is left out (its counters may
+        hold requests from before the span): averages stay right, the count is a lower bound."""
+        deltas = [
+            counters.since(earlier[server])
+            for server, counters in later.items()
+            if server in earlier
+        ]
+        requests = sum(d.success_count for d in deltas)
+        if requests <= 0:
+            return None
+        per_request = 1e-9 / requests
+        return cls(
+            requests=requests,
+            servers=len(deltas),
+            queue_s=sum(d.queue_ns for d in deltas) * per_request,
+            compute_input_s=sum(d.compute_input_ns for d in deltas) * per_request,
+            compute_infer_s=sum(d.compute_infer_ns for d in deltas) * per_request,
+            compute_output_s=sum(d.compute_output_ns for d in deltas) * per_request,
+        )
 
 
 @dataclass(frozen=True)
@@ -138,6 +256,29 @@ class StatsSnapshot:
     window_images_per_s: float
     run_images_per_s: float
     last_error: str = ""
+    instances: tuple[InstanceStats, ...] = ()
+    """Per instance that answered or failed, in name order (see MAX_TRACKED_INSTANCES)."""
+    percentile: int = DEFAULT_PERCENTILE
+    """The verdict percentile: the one latency the badge, the summary and the sweep judge by."""
+    budget_s: float = math.nan
+    window_verdict_s: float = math.nan
+    """The window's latency at `percentile`."""
+    run_verdict_s: float = math.nan
+    window_goodput: float = math.nan
+    """The share of the window's answers within the budget, 0 to 1 (NaN: no budget or no answer)."""
+    run_goodput: float = math.nan
+    window_server: ServerSplit | None = None
+    """The servers' own split of the window's requests (None: not read, or nothing finished)."""
+    run_server: ServerSplit | None = None
+    delayed: int = 0
+    """Open-loop requests that went out later than their schedule said."""
+
+    @property
+    def over_budget(self) -> bool | None:
+        """The window's verdict: None when there is no budget or no answer to judge."""
+        if math.isnan(self.budget_s) or math.isnan(self.window_verdict_s):
+            return None
+        return self.window_verdict_s > self.budget_s
 
     def to_dict(self) -> dict[str, Any]:
         safe: dict[str, Any] = _json_safe(asdict(self))
@@ -149,20 +290,41 @@ class _WindowSample:
     done_at: float
     latency_s: float
     images: int
+    instance: str
+
+
+@dataclass
+class _InstanceTally:
+    answered: int = 0
+    failed: int = 0
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 @dataclass
 class RunStatistics:
-    """Consumes InferenceEvents; answers snapshots. Not thread-safe: feed it from one thread or loop."""
+    """Consumes InferenceEvents; answers snapshots. Not thread-safe: feed it from one thread or loop.
+
+    `percentile` and `budget_s` may be changed at any time (the window's budget spin box): the
+    run's goodput is counted from the histogram, so it always judges the whole run by the
+    current budget."""
 
     window_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
     started_at: float = field(default=math.nan)
+    percentile: int = DEFAULT_PERCENTILE
+    budget_s: float = math.nan
 
     def __post_init__(self) -> None:
+        if not 0 < self.percentile < 100:
+            raise ValueError(
+                f"the verdict percentile must be between 1 and 99, not {self.percentile}"
+            )
         self._histogram = LatencyHistogram()
         self._window: deque[_WindowSample] = deque()
         self._errors: Counter[str] = Counter()
+        self._instances: dict[str, _InstanceTally] = {}
+        self._server_first: ServerTotals | None = None
+        self._server_samples: deque[tuple[float, ServerTotals]] = deque()
         self._answered = 0
         self._failed = 0
         self._images = 0
@@ -175,25 +337,65 @@ class RunStatistics:
         self.__post_init__()
 
     def record(self, event: InferenceEvent) -> None:
+        tally = self._tally(event.instance)
         if event.ok:
             self._answered += 1
             self._images += event.batch_size
             self._histogram.add(event.latency_s)
-            self._window.append(_WindowSample(event.done_at, event.latency_s, event.batch_size))
+            tally.answered += 1
+            tally.histogram.add(event.latency_s)
+            self._window.append(
+                _WindowSample(event.done_at, event.latency_s, event.batch_size, event.instance)
+            )
         else:
             self._failed += 1
+            tally.failed += 1
             kind = event.error.kind.value if event.error else "unknown"
             self._errors[kind] += 1
             self._last_error = event.error.message if event.error else ""
 
-    def snapshot(self, in_flight: int = 0) -> StatsSnapshot:
+    def record_server(self, totals: ServerTotals, at: float | None = None) -> None:
+        """Cumulative server counters read at `at` (this statistics' clock; now by default)."""
+        if not totals:
+            return
+        if self._server_first is None:
+            self._server_first = dict(totals)
+        self._server_samples.append((self.clock() if at is None else at, dict(totals)))
+
+    def recent_latency(self, q: float, span_s: float) -> float:
+        """The latency at percentile `q` of the answers of the last `span_s` seconds (at most the
+        window): what an autoscaler reacts to, sooner than the whole window. NaN when none."""
+        since = self.clock() - span_s
+        recent = [s.latency_s for s in reversed(self._window) if s.done_at >= since]
+        return _percentile_of(np.asarray(recent, dtype=np.float64), q)
+
+    def _tally(self, instance: str) -> _InstanceTally:
+        tally = self._instances.get(instance)
+        if tally is None:
+            if len(self._instances) >= MAX_TRACKED_INSTANCES:
+                instance = OTHER_INSTANCES
+                tally = self._instances.get(instance)
+            if tally is None:
+                tally = self._instances[instance] = _InstanceTally()
+        return tally
+
+    def _tracked_name(self, instance: str) -> str:
+        return instance if instance in self._instances else OTHER_INSTANCES
+
+    def snapshot(self, in_flight: int = 0, delayed: int = 0) -> StatsSnapshot:
         now = self.clock()
         horizon = now - self.window_s
         while self._window and self._window[0].done_at < horizon:
             self._window.popleft()
+        # Keep the newest server reading at or before the horizon: the window's baseline.
+        samples = self._server_samples
+        while len(samples) > 1 and samples[1][0] <= horizon:
+            samples.popleft()
         elapsed = max(now - self.started_at, 1e-9)
         window_len = min(self.window_s, elapsed)
         window_images = sum(s.images for s in self._window)
+        latencies = np.fromiter((s.latency_s for s in self._window), np.float64, len(self._window))
+        budget = self.budget_s
         return StatsSnapshot(
             elapsed_s=elapsed,
             sent=self._answered + self._failed + in_flight,
@@ -203,39 +405,117 @@ class RunStatistics:
             images_answered=self._images,
             errors_by_kind=dict(self._errors),
             run=LatencySummary.of_histogram(self._histogram),
-            window=LatencySummary.of_samples([s.latency_s for s in self._window]),
+            window=LatencySummary.of_samples(latencies),
             window_s=window_len,
             window_requests_per_s=len(self._window) / window_len,
             window_images_per_s=window_images / window_len,
             run_images_per_s=self._images / elapsed,
             last_error=self._last_error,
+            instances=self._instance_stats(window_len),
+            percentile=self.percentile,
+            budget_s=budget,
+            window_verdict_s=_percentile_of(latencies, self.percentile),
+            run_verdict_s=self._histogram.percentile(self.percentile),
+            window_goodput=(
+                float(np.count_nonzero(latencies <= budget)) / latencies.size
+                if latencies.size and not math.isnan(budget)
+                else math.nan
+            ),
+            run_goodput=self._histogram.fraction_at_most(budget),
+            window_server=(
+                ServerSplit.between(samples[0][1], samples[-1][1]) if len(samples) > 1 else None
+            ),
+            run_server=(
+                ServerSplit.between(self._server_first, samples[-1][1])
+                if self._server_first is not None and samples
+                else None
+            ),
+            delayed=delayed,
         )
 
+    def _instance_stats(self, window_len: float) -> tuple[InstanceStats, ...]:
+        window_latencies: dict[str, list[float]] = {}
+        window_images: Counter[str] = Counter()
+        for sample in self._window:
+            name = self._tracked_name(sample.instance)
+            window_latencies.setdefault(name, []).append(sample.latency_s)
+            window_images[name] += sample.images
+        window_total = len(self._window)
+        result = []
+        for name in sorted(self._instances, key=_natural_key):
+            tally = self._instances[name]
+            latencies = window_latencies.get(name, [])
+            result.append(
+                InstanceStats(
+                    name=name,
+                    answered=tally.answered,
+                    failed=tally.failed,
+                    window_answered=len(latencies),
+                    window_share=len(latencies) / window_total if window_total else math.nan,
+                    window_images_per_s=window_images[name] / window_len,
+                    window=LatencySummary.of_samples(latencies),
+                    run=LatencySummary.of_histogram(tally.histogram),
+                )
+            )
+        return tuple(result)
 
-def perf_analyzer_row(concurrency: int, snapshot: StatsSnapshot) -> dict[str, float | int]:
-    """One row in perf_analyzer's CSV layout (microseconds). Only client-side columns are known:
-    the whole round trip goes into Network+Server Send/Recv, the server columns stay 0."""
+
+def _percentile_of(values: npt.NDArray[np.float64], q: float) -> float:
+    if not values.size:
+        return math.nan
+    return float(np.percentile(values, q, method="inverted_cdf"))
+
+
+def _natural_key(name: str) -> list[tuple[int, int | str]]:
+    """triton-2 before triton-10."""
+    return [(1, int(part)) if part.isdigit() else (0, part) for part in re.split(r"(\d+)", name)]
+
+
+CsvRow = dict[str, float | int | str]
+
+
+def perf_analyzer_row(
+    concurrency: int, snapshot: StatsSnapshot, *, request_rate: float | None = None
+) -> CsvRow:
+    """One row in perf_analyzer's CSV layout (microseconds), then EXTRA_COLUMNS.
+
+    With the servers' split known (`snapshot.run_server`), the server columns carry it and
+    Network+Server Send/Recv is what the client waited beyond it, as perf_analyzer reports it.
+    Without it those columns are empty, never 0, and the whole round trip is in Network+Server
+    Send/Recv. Client Send and Client Recv are not measured separately: empty."""
     run = snapshot.run
-    return {
+    server = snapshot.run_server
+    row: CsvRow = {
         "Concurrency": concurrency,
         "Inferences/Second": round(snapshot.run_images_per_s, 2),
-        "Client Send": 0,
+        "Client Send": "",
         "Network+Server Send/Recv": _us(run.mean),
-        "Server Queue": 0,
-        "Server Compute Input": 0,
-        "Server Compute Infer": 0,
-        "Server Compute Output": 0,
-        "Client Recv": 0,
+        "Server Queue": "",
+        "Server Compute Input": "",
+        "Server Compute Infer": "",
+        "Server Compute Output": "",
+        "Client Recv": "",
         "p50 latency": _us(run.p50),
         "p90 latency": _us(run.p90),
         "p95 latency": _us(run.p95),
         "p99 latency": _us(run.p99),
+        "Request Rate": "" if request_rate is None else request_rate,
+        "Delayed Requests": "" if request_rate is None else snapshot.delayed,
+        "Budget": _us(snapshot.budget_s),
+        "Goodput": "" if math.isnan(snapshot.run_goodput) else round(snapshot.run_goodput, 4),
     }
+    if server is not None and not math.isnan(run.mean):
+        row["Network+Server Send/Recv"] = max(0, round((run.mean - server.server_s) * 1e6))
+        row["Server Queue"] = round(server.queue_s * 1e6)
+        row["Server Compute Input"] = round(server.compute_input_s * 1e6)
+        row["Server Compute Infer"] = round(server.compute_infer_s * 1e6)
+        row["Server Compute Output"] = round(server.compute_output_s * 1e6)
+    return row
 
 
-def write_perf_analyzer_csv(path: Path, rows: Iterable[dict[str, float | int]]) -> None:
+def write_perf_analyzer_csv(path: Path, rows: Iterable[CsvRow]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PERF_ANALYZER_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -246,8 +526,9 @@ def write_json_report(path: Path, snapshot: StatsSnapshot, settings: dict[str, A
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def _us(seconds: float) -> int:
-    return 0 if math.isnan(seconds) else round(seconds * 1e6)
+def _us(seconds: float) -> int | str:
+    """Microseconds, or an empty cell for a figure that is not known."""
+    return "" if math.isnan(seconds) else round(seconds * 1e6)
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,8 +1,8 @@
 """A concurrency sweep, measured the way perf_analyzer measures.
 
 For each concurrency the engine keeps that many requests outstanding; the step is measured in
-windows, and it is done when the last `stable_windows` windows agree within `tolerance` on both
-throughput and p90 latency (perf_analyzer's rule), or after `max_windows`.
+windows, and it is done when the last `stable_windows` windows are stable by perf_analyzer's rule
+(see `is_stable`), or after `max_windows`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.events import InferenceEvent
-from flowerdemo.core.stats import LatencySummary
+from flowerdemo.core.stats import DEFAULT_PERCENTILE, LatencySummary, ServerSplit
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,11 @@ class SweepSettings:
     concurrencies: tuple[int, ...]
     window_s: float = 2.0
     tolerance: float = 0.10
+    """perf_analyzer's s as a fraction: `--stability-percentage 10` is 0.10 (see is_stable)."""
     stable_windows: int = 3
     max_windows: int = 10
+    percentile: int = DEFAULT_PERCENTILE
+    """The verdict percentile: the latency the stability rule and the budget judge by."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,17 @@ class WindowMeasurement:
     requests_per_s: float
     latencies_s: tuple[float, ...]
     failed: int
+    server: ServerSplit | None = None
+    """The servers' own split of this window's requests, where they were read."""
 
     @property
     def p90(self) -> float:
-        return LatencySummary.of_samples(self.latencies_s).p90
+        return self.latency_at(90)
+
+    def latency_at(self, percentile: float) -> float:
+        if not self.latencies_s:
+            return math.nan
+        return float(np.percentile(self.latencies_s, percentile, method="inverted_cdf"))
 
 
 @dataclass(frozen=True)
@@ -74,19 +85,26 @@ def parse_concurrency_range(text: str) -> tuple[int, ...]:
     return values
 
 
-def is_stable(windows: Sequence[WindowMeasurement], count: int, tolerance: float) -> bool:
-    """The last `count` windows each within `tolerance` of their mean, in throughput and p90."""
+def is_stable(
+    windows: Sequence[WindowMeasurement],
+    count: int,
+    tolerance: float,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> bool:
+    """perf_analyzer's stability rule: over the last `count` windows (it uses 3), the largest
+    throughput is at most `1 + tolerance` times the smallest, and so is the largest latency at
+    `percentile` against the smallest. `tolerance` is perf_analyzer's `--stability-percentage`
+    divided by 100 (10 % by default). A window with no answer is never stable."""
     if len(windows) < count:
         return False
     recent = windows[-count:]
     for values in (
         [w.images_per_s for w in recent],
-        [w.p90 for w in recent],
+        [w.latency_at(percentile) for w in recent],
     ):
-        if any(math.isnan(v) for v in values):
+        if any(math.isnan(v) or v <= 0 for v in values):
             return False
-        mean = sum(values) / len(values)
-        if mean <= 0 or any(abs(v - mean) > tolerance * mean for v in values):
+        if max(values) > (1 + tolerance) * min(values):
             return False
     return True
 
@@ -143,7 +161,9 @@ async def run_sweep(
                 windows.append(window)
                 if on_window is not None:
                     on_window(concurrency, len(windows), window)
-                if is_stable(windows, settings.stable_windows, settings.tolerance):
+                if is_stable(
+                    windows, settings.stable_windows, settings.tolerance, settings.percentile
+                ):
                     break
             step = step_from_windows(concurrency, windows, settings)
             steps.append(step)
@@ -160,7 +180,7 @@ def step_from_windows(
     concurrency: int, windows: Sequence[WindowMeasurement], settings: SweepSettings
 ) -> SweepStep:
     """A step from its windows: the last `stable_windows` give its figures; failures count all."""
-    stable = is_stable(windows, settings.stable_windows, settings.tolerance)
+    stable = is_stable(windows, settings.stable_windows, settings.tolerance, settings.percentile)
     used = list(windows[-settings.stable_windows :])
     latencies = [latency for window in used for latency in window.latencies_s]
     return SweepStep(

@@ -1,0 +1,48 @@
+"""The headless run's summary and reports: per-instance figures, verdict and goodput."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from flowerdemo.core.events import InferenceEvent
+from flowerdemo.core.stats import RunStatistics
+from flowerdemo.headless import instance_lines, run_headless
+from flowerdemo.options import RunOptions
+
+
+def test_instance_lines_name_each_instance_with_its_share_and_latencies():
+    stats = RunStatistics()
+    now = stats.clock()
+    for k in range(30):
+        name = "triton-0" if k % 3 else "triton-1"
+        stats.record(InferenceEvent(k, (0,), now - 0.010 * (1 + k % 3), now, instance=name))
+    lines = instance_lines(stats.snapshot())
+    assert lines[0] == "Instances (2):"
+    assert lines[1].split()[:4] == ["triton-0", "20", "answered", "(66.7%)"]
+    assert lines[2].split()[:4] == ["triton-1", "10", "answered", "(33.3%)"]
+    assert "p90" in lines[1] and "30.0 ms" in lines[1]
+    # Answers that named no instance (a server not behind our Envoy): nothing to list.
+    bare = RunStatistics()
+    bare.record(InferenceEvent(1, (0,), now - 0.01, now))
+    assert instance_lines(bare.snapshot()) == []
+
+
+def test_json_report_of_a_real_run_carries_instances_and_goodput(local_stack, tmp_path):
+    report = tmp_path / "run.json"
+    options = RunOptions(
+        url=local_stack.grpc_url,
+        mode="auto",
+        concurrency=2,
+        duration_s=1.5,
+        report=report,
+        budget_ms=10_000.0,
+    )
+    out = io.StringIO()
+    assert run_headless(options, out=out, err=io.StringIO()) == 0, out.getvalue()
+    statistics = json.loads(report.read_text())["statistics"]
+    assert statistics["answered"] > 0
+    assert sum(i["answered"] for i in statistics["instances"]) == statistics["answered"]
+    assert statistics["percentile"] == 90
+    assert statistics["run_goodput"] == 1.0  # a 10 s budget holds every answer
+    assert "Goodput" in out.getvalue()
