@@ -15,13 +15,14 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 from flowerdemo.core.events import (
+    UNKNOWN_INSTANCE,
     Classification,
     ErrorKind,
     InferenceEvent,
@@ -29,11 +30,34 @@ from flowerdemo.core.events import (
 )
 from flowerdemo.core.model_spec import ModelSpec, ModelSpecError, parse_model_spec
 from flowerdemo.core.preprocess import PreprocessOptions, TensorCache
+from flowerdemo.core.text import clean_server_text
+from flowerdemo.core.transport import (
+    PROTOCOLS,
+    InferAnswer,
+    InferRequest,
+    PreparedRequest,
+    TlsError,
+    TlsOptions,
+    Transport,
+    TransportError,
+    TransportFactory,
+    TransportName,
+    make_transport,
+)
 
 log = logging.getLogger(__name__)
 
-TransportName = Literal["grpc", "http"]
-PROTOCOLS: tuple[TransportName, ...] = ("grpc", "http")
+__all__ = [
+    "PROTOCOLS",
+    "ConnectError",
+    "EngineSettings",
+    "InferenceEngine",
+    "TlsOptions",
+    "TransportName",
+    "check_url",
+    "classify_error",
+]
+
 DEFAULT_URL = "127.0.0.1:50050"
 DEFAULT_HTTP_URL = "127.0.0.1:50051"
 
@@ -62,6 +86,10 @@ class EngineSettings:
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     fallback_labels: tuple[str, ...] = ()
     """Class names to use when the server does not attach labels to its answers."""
+    tls: TlsOptions | None = None
+    """TLS to the server (None: plain, unless the URL says https://)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Sent with every call (e.g. ("Authorization", "Bearer ...")): gRPC metadata or HTTP headers."""
 
 
 class ConnectError(RuntimeError):
@@ -71,7 +99,7 @@ class ConnectError(RuntimeError):
 def check_url(url: str) -> str:
     """`host:port` as the Triton clients want it; a clear error for anything else."""
     stripped = url.strip()
-    for scheme in ("grpc://", "http://", "https://"):
+    for scheme in ("grpc://", "grpcs://", "http://", "https://"):
         if stripped.startswith(scheme):
             stripped = stripped[len(scheme) :]
     stripped = stripped.rstrip("/")
@@ -83,167 +111,29 @@ def check_url(url: str) -> str:
     return stripped
 
 
-class _Transport(Protocol):
-    async def is_server_live(self, timeout_s: float) -> bool: ...
-    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool: ...
-    async def model_metadata(
-        self, model: str, version: str, timeout_s: float
-    ) -> dict[str, Any]: ...
-    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]: ...
-    async def model_names(self, timeout_s: float) -> list[str]: ...
-    def make_input(self, name: str, array: npt.NDArray[np.generic], datatype: str) -> Any: ...
-    def make_output(self, name: str, class_count: int) -> Any: ...
-    async def infer(
-        self,
-        model: str,
-        version: str,
-        inputs: list[Any],
-        outputs: list[Any],
-        request_id: str,
-        timeout_s: float,
-    ) -> Any: ...
-    async def close(self) -> None: ...
-
-
-class _GrpcTransport:
-    def __init__(self, url: str) -> None:
-        import tritonclient.grpc as grpcclient
-        import tritonclient.grpc.aio as grpcaio
-
-        self._types = grpcclient
-        # Our own channel arguments replace all of the client's defaults, so the message limits are
-        # restated. Short reconnect backoff: a restarted server is used again within a second, and
-        # a call to a dead one fails at its deadline instead of waiting out a 20 s backoff.
-        channel_args = [
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.max_receive_message_length", 2**31 - 1),
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.enable_retries", 0),
-        ]
-        self._client = grpcaio.InferenceServerClient(url, channel_args=channel_args)
-
-    async def is_server_live(self, timeout_s: float) -> bool:
-        return bool(await self._client.is_server_live(client_timeout=timeout_s))
-
-    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool:
-        return bool(await self._client.is_model_ready(model, version, client_timeout=timeout_s))
-
-    async def model_metadata(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
-        result = await self._client.get_model_metadata(
-            model, version, as_json=True, client_timeout=timeout_s
+def connection_security(url: str, tls: TlsOptions | None) -> TlsOptions | None:
+    """The TLS to use for `url`: https:// (or grpcs://) means TLS, whatever else is set; a plain
+    scheme with TLS options is a contradiction, never a silent downgrade or upgrade."""
+    scheme = url.strip().split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("https", "grpcs"):
+        return tls if tls is not None else TlsOptions()
+    if scheme in ("http", "grpc") and tls is not None:
+        raise ConnectError(
+            f"'{url}' asks for a plain connection but TLS options (--ssl, certificates) were "
+            f"given: write https://{check_url(url)} for TLS, or drop the TLS options"
         )
-        return dict(result)
-
-    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
-        result = await self._client.get_model_config(
-            model, version, as_json=True, client_timeout=timeout_s
-        )
-        return dict(result)
-
-    async def model_names(self, timeout_s: float) -> list[str]:
-        index = await self._client.get_model_repository_index(
-            as_json=True, client_timeout=timeout_s
-        )
-        return sorted({str(m["name"]) for m in index.get("models", [])})
-
-    def make_input(self, name: str, array: npt.NDArray[np.generic], datatype: str) -> Any:
-        tensor = self._types.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        return tensor
-
-    def make_output(self, name: str, class_count: int) -> Any:
-        return self._types.InferRequestedOutput(name, class_count=class_count)
-
-    async def infer(
-        self,
-        model: str,
-        version: str,
-        inputs: list[Any],
-        outputs: list[Any],
-        request_id: str,
-        timeout_s: float,
-    ) -> Any:
-        return await self._client.infer(
-            model,
-            inputs,
-            model_version=version,
-            outputs=outputs,
-            request_id=request_id,
-            client_timeout=timeout_s,
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class _HttpTransport:
-    def __init__(self, url: str) -> None:
-        import tritonclient.http as httpclient
-        import tritonclient.http.aio as httpaio
-
-        self._types = httpclient
-        self._client = httpaio.InferenceServerClient(url, conn_limit=512)
-
-    async def is_server_live(self, timeout_s: float) -> bool:
-        return bool(await asyncio.wait_for(self._client.is_server_live(), timeout_s))
-
-    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool:
-        return bool(await asyncio.wait_for(self._client.is_model_ready(model, version), timeout_s))
-
-    async def model_metadata(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
-        return dict(
-            await asyncio.wait_for(self._client.get_model_metadata(model, version), timeout_s)
-        )
-
-    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
-        return dict(
-            await asyncio.wait_for(self._client.get_model_config(model, version), timeout_s)
-        )
-
-    async def model_names(self, timeout_s: float) -> list[str]:
-        index = await asyncio.wait_for(self._client.get_model_repository_index(), timeout_s)
-        return sorted({str(m["name"]) for m in index})
-
-    def make_input(self, name: str, array: npt.NDArray[np.generic], datatype: str) -> Any:
-        tensor = self._types.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=True)
-        return tensor
-
-    def make_output(self, name: str, class_count: int) -> Any:
-        return self._types.InferRequestedOutput(name, binary_data=True, class_count=class_count)
-
-    async def infer(
-        self,
-        model: str,
-        version: str,
-        inputs: list[Any],
-        outputs: list[Any],
-        request_id: str,
-        timeout_s: float,
-    ) -> Any:
-        return await asyncio.wait_for(
-            self._client.infer(
-                model, inputs, model_version=version, outputs=outputs, request_id=request_id
-            ),
-            timeout_s,
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-def _make_transport(protocol: TransportName, url: str) -> _Transport:
-    if protocol == "grpc":
-        return _GrpcTransport(url)
-    if protocol == "http":
-        return _HttpTransport(url)
-    raise ConnectError(f"unknown protocol '{protocol}' (choose grpc or http)")
+    return tls
 
 
 def classify_error(error: BaseException) -> RequestError:
-    """Map whatever a client call raised to the ErrorKind a user can act on."""
+    """Map whatever a client call raised to the ErrorKind a user can act on (message cleaned)."""
+    problem = _classify_error(error)
+    return RequestError(problem.kind, clean_server_text(problem.message))
+
+
+def _classify_error(error: BaseException) -> RequestError:
+    if isinstance(error, TransportError):
+        return error.as_request_error()
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return RequestError(ErrorKind.DEADLINE, "no answer within the request deadline")
     if isinstance(error, asyncio.CancelledError):
@@ -251,9 +141,15 @@ def classify_error(error: BaseException) -> RequestError:
     status = ""
     message = str(error)
     status_of = getattr(error, "status", None)
+    code_of = getattr(error, "code", None)
     if callable(status_of):
+        # tritonclient's InferenceServerException: status() is e.g. "StatusCode.UNAVAILABLE".
         status = str(status_of() or "")
         message = str(getattr(error, "message", lambda: message)() or message)
+    elif callable(code_of) and callable(getattr(error, "details", None)):
+        # A grpc.RpcError raised outside the transport (its code() is a grpc.StatusCode).
+        status = str(code_of())
+        message = str(error.details() or status)  # type: ignore[attr-defined]
     if "DEADLINE_EXCEEDED" in status:
         return RequestError(ErrorKind.DEADLINE, message)
     if "UNAVAILABLE" in status or _is_connection_error(error):
@@ -275,15 +171,23 @@ def _is_connection_error(error: BaseException) -> bool:
 class InferenceEngine:
     """Sends classification requests for a fixed list of photos and reports every outcome."""
 
-    def __init__(self, settings: EngineSettings, images: Sequence[Image.Image]) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        images: Sequence[Image.Image],
+        *,
+        transport_factory: TransportFactory = make_transport,
+    ) -> None:
+        """`transport_factory` makes the connection in connect(); tests pass a FakeTransport's."""
         self.settings = settings
         self._images = images
+        self._transport_factory = transport_factory
         self._sinks: list[EventSink] = []
         self._send_sinks: list[SendSink] = []
-        self._transport: _Transport | None = None
+        self._transport: Transport | None = None
         self._spec: ModelSpec | None = None
         self._cache: TensorCache | None = None
-        self._inputs: dict[tuple[int, ...], Any] = {}
+        self._prepared: dict[tuple[int, ...], PreparedRequest] = {}
         self._request_ids = itertools.count(1)
         self._requests: set[asyncio.Task[InferenceEvent]] = set()
         self._in_flight = 0
@@ -333,6 +237,7 @@ class InferenceEngine:
         """Reach the server, validate the model, preprocess every photo. Raises ConnectError."""
         settings = self.settings
         url = check_url(settings.url)
+        tls = connection_security(settings.url, settings.tls)
         if settings.topk < 1:
             raise ConnectError(f"top-k must be at least 1, not {settings.topk}")
         if settings.batch_size < 1:
@@ -340,10 +245,15 @@ class InferenceEngine:
         if not self._images:
             raise ConnectError("there are no images to classify")
         await self._close_transport()
-        transport = _make_transport(settings.protocol, url)
+        if settings.protocol not in PROTOCOLS:
+            raise ConnectError(f"unknown protocol '{settings.protocol}' (choose grpc or http)")
+        try:
+            transport = self._transport_factory(settings.protocol, url, tls, settings.headers)
+        except TlsError as error:
+            raise ConnectError(f"TLS cannot be set up: {error}") from error
         self._transport = transport
         deadline = settings.connect_timeout_s
-        where = f"{settings.protocol} server at {url}"
+        where = f"{settings.protocol} server at {url}{' (TLS)' if tls is not None else ''}"
         try:
             try:
                 await transport.is_server_live(deadline)
@@ -371,9 +281,12 @@ class InferenceEngine:
                     else " The server did not list its models."
                 )
                 raise ConnectError(
-                    f"The {where} has no ready model '{model}'"
-                    f"{' version ' + settings.model_version if settings.model_version else ''}."
-                    f"{hint} Choose one with --model NAME."
+                    clean_server_text(
+                        f"The {where} has no ready model '{model}'"
+                        f"{' version ' + settings.model_version if settings.model_version else ''}."
+                        f"{hint} Choose one with --model NAME.",
+                        1000,
+                    )
                 )
             try:
                 metadata = await transport.model_metadata(model, settings.model_version, deadline)
@@ -386,9 +299,10 @@ class InferenceEngine:
             try:
                 spec = parse_model_spec(metadata, config)
             except ModelSpecError as error:
+                # The spec's complaint quotes tensor names the server chose: server text.
                 raise ConnectError(
                     f"Model '{model}' on the {where} is not an image classifier this demo can "
-                    f"drive: {error}"
+                    f"drive: {clean_server_text(error, 1000)}"
                 ) from error
             self._check_settings_against(spec)
         except BaseException:
@@ -396,7 +310,7 @@ class InferenceEngine:
             raise
         cache = TensorCache(self._images, spec, settings.preprocess)
         await asyncio.to_thread(cache.prepare_all)
-        self._spec, self._cache, self._inputs = spec, cache, {}
+        self._spec, self._cache, self._prepared = spec, cache, {}
         return spec
 
     def _check_settings_against(self, spec: ModelSpec) -> None:
@@ -450,21 +364,10 @@ class InferenceEngine:
         self._emit_sent(request_id, indices)
         sent_at = time.monotonic()
         try:
-            inputs = [self._input_for(indices, cache, transport)]
-            class_count = self.settings.topk if spec.has_labels else 0
-            outputs = [transport.make_output(spec.output_name, class_count)]
-            result = await transport.infer(
-                spec.name,
-                self.settings.model_version,
-                inputs,
-                outputs,
-                str(request_id),
-                self.settings.request_timeout_s,
-            )
+            prepared = self._prepared_for(indices, spec, cache, transport)
+            answer = await transport.infer(prepared, self.settings.request_timeout_s)
             done_at = time.monotonic()
-            event = InferenceEvent(
-                request_id, indices, sent_at, done_at, self._topk(result, indices)
-            )
+            event = self._answered(request_id, indices, sent_at, done_at, answer)
         except asyncio.CancelledError:
             event = InferenceEvent(
                 request_id,
@@ -478,32 +381,60 @@ class InferenceEngine:
             raise
         except Exception as error:
             event = InferenceEvent(
-                request_id, indices, sent_at, time.monotonic(), error=classify_error(error)
+                request_id,
+                indices,
+                sent_at,
+                time.monotonic(),
+                error=classify_error(error),
+                instance=getattr(error, "instance", UNKNOWN_INSTANCE),
             )
         self._in_flight -= 1
         self._emit(event)
         return event
 
-    def _input_for(
-        self, indices: tuple[int, ...], cache: TensorCache, transport: _Transport
-    ) -> Any:
-        # The serialised input is built once per distinct batch: re-encoding 600 KB per request
-        # would be the client's largest cost at high rates.
-        tensor = self._inputs.get(indices)
-        if tensor is None:
-            spec = cache.spec
-            tensor = transport.make_input(spec.input_name, cache.batch(indices), spec.input_dtype)
-            if len(self._inputs) < 1024:
-                self._inputs[indices] = tensor
-        return tensor
+    def _prepared_for(
+        self, indices: tuple[int, ...], spec: ModelSpec, cache: TensorCache, transport: Transport
+    ) -> PreparedRequest:
+        # Encoded once per distinct batch: re-serialising 600 kB per request would be the
+        # client's largest cost at high rates.
+        prepared = self._prepared.get(indices)
+        if prepared is None:
+            prepared = transport.prepare(
+                InferRequest(
+                    model=spec.name,
+                    version=self.settings.model_version,
+                    input_name=spec.input_name,
+                    datatype=spec.input_dtype,
+                    data=cache.batch(indices),
+                    output_name=spec.output_name,
+                    class_count=self.settings.topk if spec.has_labels else 0,
+                )
+            )
+            if len(self._prepared) < 1024:
+                self._prepared[indices] = prepared
+        return prepared
+
+    def _answered(
+        self,
+        request_id: int,
+        indices: tuple[int, ...],
+        sent_at: float,
+        done_at: float,
+        answer: InferAnswer,
+    ) -> InferenceEvent:
+        try:
+            topk = self._topk(answer.output, indices)
+        except (ValueError, TypeError, IndexError) as error:
+            problem = RequestError(ErrorKind.RESPONSE, clean_server_text(error))
+            return InferenceEvent(
+                request_id, indices, sent_at, done_at, error=problem, instance=answer.instance
+            )
+        return InferenceEvent(request_id, indices, sent_at, done_at, topk, instance=answer.instance)
 
     def _topk(
-        self, result: Any, indices: tuple[int, ...]
+        self, output: npt.NDArray[Any], indices: tuple[int, ...]
     ) -> tuple[tuple[Classification, ...], ...]:
         spec = self.spec
-        output = result.as_numpy(spec.output_name)
-        if output is None:
-            raise ValueError(f"the answer has no output '{spec.output_name}'")
         if not spec.batches:
             output = output[np.newaxis, ...]
         if len(output) != len(indices):
@@ -646,13 +577,21 @@ class InferenceEngine:
                 log.debug("closing the client: %s", error)
 
 
+MAX_LABEL = 100
+"""Characters kept of a label the server sent (server text)."""
+
+
 def _parse_classification(entry: Any) -> Classification:
-    text = entry.decode("utf-8") if isinstance(entry, bytes | bytearray) else str(entry)
+    text = (
+        entry.decode("utf-8", errors="replace")
+        if isinstance(entry, bytes | bytearray)
+        else str(entry)
+    )
     parts = text.split(":", 2)
     if len(parts) < 2:
-        raise ValueError(f"unexpected classification entry '{text}'")
-    label = parts[2] if len(parts) == 3 else f"class {parts[1]}"
-    return Classification(float(parts[0]), int(parts[1]), label)
+        raise ValueError(f"unexpected classification entry '{clean_server_text(text, 80)}'")
+    label = clean_server_text(parts[2], MAX_LABEL) if len(parts) == 3 else ""
+    return Classification(float(parts[0]), int(parts[1]), label or f"class {parts[1]}")
 
 
 def _first_line(text: str) -> str:

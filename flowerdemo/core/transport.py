@@ -1,0 +1,723 @@
+"""How requests reach a Triton server: one `Transport` per protocol, behind one interface.
+
+The engine speaks only to a `Transport` (as httpx's clients speak to their `_transports/`):
+
+- `GrpcTransport` connects and checks the model through tritonclient's aio client, and infers
+  through a direct `grpc.aio` unary call of `ModelInfer` whose request was serialised once, when
+  the (photo set, batch) was prepared. The direct call also gives the answer's initial metadata,
+  where our Envoy names the instance that served it (`INSTANCE_HEADER`); tritonclient drops it.
+- `HttpTransport` checks through tritonclient's aio HTTP client and infers by posting a
+  pre-built binary body with aiohttp, so the response headers (the instance) can be read.
+- `FakeTransport` answers in memory, with chosen answers, delays, failures and instance names:
+  engine tests use it where no real server is needed.
+
+Every failure of `infer` is raised as a `TransportError` whose `kind` says what a user can do
+about it; everything the server said is passed through `clean_server_text` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+import numpy as np
+import numpy.typing as npt
+
+from flowerdemo.core.events import INSTANCE_HEADER, UNKNOWN_INSTANCE, ErrorKind, RequestError
+from flowerdemo.core.text import clean_server_text
+
+TransportName = Literal["grpc", "http"]
+PROTOCOLS: tuple[TransportName, ...] = ("grpc", "http")
+
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+MAX_INSTANCE_NAME = 64
+"""Characters kept of an instance name from a response header (server text)."""
+
+_NUMPY_DTYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "int8",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+class TransportError(Exception):
+    """A request that did not produce an answer; `kind` says why, `message` is cleaned text."""
+
+    def __init__(self, kind: ErrorKind, message: str, instance: str = UNKNOWN_INSTANCE) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.instance = instance
+
+    def as_request_error(self) -> RequestError:
+        return RequestError(self.kind, self.message)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for the connection to the server (paths as Triton's client examples take them)."""
+
+    root_certificates: Path | None = None
+    """PEM file of the CA(s) to trust; None trusts the system's CAs."""
+    private_key: Path | None = None
+    """PEM private key of a client certificate (mutual TLS), with `certificate_chain`."""
+    certificate_chain: Path | None = None
+    """PEM client certificate chain (mutual TLS), with `private_key`."""
+
+    def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The three files' contents; a TlsError naming the file that cannot be read."""
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise TlsError("a client certificate needs both --private-key and --certificate-chain")
+        return (
+            _read_pem(self.root_certificates, "root certificates"),
+            _read_pem(self.private_key, "private key"),
+            _read_pem(self.certificate_chain, "certificate chain"),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client SSLContext that verifies the server (HTTP over TLS)."""
+        self.read()  # the same checks and messages as gRPC
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.root_certificates) if self.root_certificates else None
+            )
+            if self.certificate_chain is not None and self.private_key is not None:
+                context.load_cert_chain(str(self.certificate_chain), str(self.private_key))
+        except (ssl.SSLError, ValueError) as error:
+            raise TlsError(f"the TLS files cannot be used: {error}") from error
+        return context
+
+
+class TlsError(ValueError):
+    """A TLS file is missing, unreadable or not PEM; the message names it."""
+
+
+def _read_pem(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise TlsError(f"cannot read the {what} file {path}: {error.strerror or error}") from error
+    if b"-----BEGIN" not in data:
+        raise TlsError(f"the {what} file {path} is not PEM (no '-----BEGIN' line)")
+    return data
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One inference request as the engine describes it, before any protocol encodes it."""
+
+    model: str
+    version: str
+    input_name: str
+    datatype: str
+    """Triton datatype of the input: FP32, FP16, UINT8, ... or BYTES."""
+    data: npt.NDArray[Any]
+    """The input tensor; for BYTES a numpy object array of `bytes` (one element per image)."""
+    output_name: str
+    class_count: int = 0
+    """> 0: ask for Triton's classification extension (top-k "score:index[:label]" strings)."""
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request encoded once by one transport, sent as often as wanted."""
+
+    request: InferRequest
+    payload: bytes = b""
+    header_length: int = 0
+    """HTTP only: the length of the JSON header at the start of `payload`."""
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    output: npt.NDArray[Any]
+    """The requested output, shaped as the server said; BYTES outputs as an object array."""
+    instance: str = UNKNOWN_INSTANCE
+    """The instance that answered (cleaned INSTANCE_HEADER), or UNKNOWN_INSTANCE."""
+
+
+class Transport(Protocol):
+    """What the engine needs from a connection to a Triton server.
+
+    The checks return plain JSON-like dicts (gRPC's protobuf JSON or HTTP's JSON, which
+    `parse_model_spec` accepts alike). `infer` raises TransportError for every failure except
+    cancellation, and ends within `timeout_s`.
+    """
+
+    protocol: TransportName
+
+    async def is_server_live(self, timeout_s: float) -> bool: ...
+    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool: ...
+    async def model_metadata(
+        self, model: str, version: str, timeout_s: float
+    ) -> dict[str, Any]: ...
+    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]: ...
+    async def model_names(self, timeout_s: float) -> list[str]: ...
+    def prepare(self, request: InferRequest) -> PreparedRequest: ...
+    async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer: ...
+    async def close(self) -> None: ...
+
+
+# -- encoding ---------------------------------------------------------------------------------
+def tensor_bytes(data: npt.NDArray[Any], datatype: str) -> bytes:
+    """The tensor in Triton's raw layout: little-endian, row-major; BYTES elements each after a
+    4-byte little-endian length."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for element in np.asarray(data, dtype=object).reshape(-1):
+            value = element if isinstance(element, bytes) else str(element).encode("utf-8")
+            parts.append(struct.pack("<I", len(value)))
+            parts.append(value)
+        return b"".join(parts)
+    dtype = _NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise ValueError(f"unsupported input datatype {datatype}")
+    return np.ascontiguousarray(data, dtype=np.dtype(dtype)).tobytes()
+
+
+def bytes_elements(raw: bytes | memoryview) -> list[bytes]:
+    """Split Triton's raw BYTES layout (length-prefixed elements) back into its elements."""
+    elements: list[bytes] = []
+    view = memoryview(raw)
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise ValueError("a BYTES output ends inside an element's length")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise ValueError("a BYTES output element is longer than the answer")
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def decode_output(raw: bytes | memoryview, datatype: str, shape: Sequence[int]) -> npt.NDArray[Any]:
+    """An output's raw bytes as a numpy array of the shape the server gave."""
+    dims = [int(d) for d in shape]
+    if datatype == "BYTES":
+        array: npt.NDArray[Any] = np.empty(len(elements := bytes_elements(raw)), dtype=object)
+        array[:] = elements
+    else:
+        dtype = _NUMPY_DTYPES.get(datatype)
+        if dtype is None:
+            raise ValueError(f"the answer's output has datatype {clean_server_text(datatype)}")
+        array = np.frombuffer(raw, dtype=np.dtype(dtype))
+    return array.reshape(dims)
+
+
+def _instance_name(value: object) -> str:
+    if value is None:
+        return UNKNOWN_INSTANCE
+    name = clean_server_text(value, MAX_INSTANCE_NAME)
+    return name or UNKNOWN_INSTANCE
+
+
+# -- gRPC -------------------------------------------------------------------------------------
+# Our own channel arguments replace all of tritonclient's defaults, so the message limits are
+# restated. Short reconnect backoff: a restarted server is used again within a second, and a call
+# to a dead one fails at its deadline instead of waiting out a 20 s backoff.
+GRPC_CHANNEL_ARGS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+
+_GRPC_KINDS = {
+    "UNAVAILABLE": ErrorKind.UNAVAILABLE,
+    "DEADLINE_EXCEEDED": ErrorKind.DEADLINE,
+    "CANCELLED": ErrorKind.CANCELLED,
+}
+
+
+class GrpcTransport:
+    """Triton over gRPC: tritonclient for the checks, a pre-serialised `ModelInfer` to infer."""
+
+    protocol: TransportName = "grpc"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tls: TlsOptions | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        import grpc
+        import tritonclient.grpc.aio as grpcaio
+        from tritonclient.grpc import service_pb2
+
+        self._pb = service_pb2
+        self._headers = {name: value for name, value in headers}
+        self._metadata: tuple[tuple[str, str], ...] = tuple(
+            (name.lower(), value) for name, value in headers
+        )
+        options = list(GRPC_CHANNEL_ARGS)
+        credentials = None
+        if tls is not None:
+            root, key, chain = tls.read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root, private_key=key, certificate_chain=chain
+            )
+        self._client = grpcaio.InferenceServerClient(url, creds=credentials, channel_args=options)
+        self._channel = (
+            grpc.aio.secure_channel(url, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(url, options=options)
+        )
+        # request_serializer=None: the request goes out as the bytes we hand over, serialised
+        # once per prepared (photo set, batch) instead of once per call.
+        self._model_infer = self._channel.unary_unary(
+            MODEL_INFER_METHOD,
+            request_serializer=None,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+
+    def _call_headers(self) -> dict[str, str] | None:
+        return self._headers or None
+
+    async def is_server_live(self, timeout_s: float) -> bool:
+        return bool(
+            await self._client.is_server_live(
+                headers=self._call_headers(), client_timeout=timeout_s
+            )
+        )
+
+    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        return bool(
+            await self._client.is_model_ready(
+                model, version, headers=self._call_headers(), client_timeout=timeout_s
+            )
+        )
+
+    async def model_metadata(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        result = await self._client.get_model_metadata(
+            model, version, headers=self._call_headers(), as_json=True, client_timeout=timeout_s
+        )
+        return dict(result)
+
+    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        result = await self._client.get_model_config(
+            model, version, headers=self._call_headers(), as_json=True, client_timeout=timeout_s
+        )
+        return dict(result)
+
+    async def model_names(self, timeout_s: float) -> list[str]:
+        index = await self._client.get_model_repository_index(
+            headers=self._call_headers(), as_json=True, client_timeout=timeout_s
+        )
+        return sorted({clean_server_text(m["name"]) for m in index.get("models", [])})
+
+    def prepare(self, request: InferRequest) -> PreparedRequest:
+        pb = self._pb
+        message = pb.ModelInferRequest(model_name=request.model, model_version=request.version)
+        tensor = message.inputs.add()
+        tensor.name = request.input_name
+        tensor.datatype = request.datatype
+        tensor.shape.extend(int(d) for d in request.data.shape)
+        output = message.outputs.add()
+        output.name = request.output_name
+        if request.class_count > 0:
+            output.parameters["classification"].int64_param = request.class_count
+        message.raw_input_contents.append(tensor_bytes(request.data, request.datatype))
+        return PreparedRequest(request, message.SerializeToString())
+
+    async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer:
+        import grpc
+
+        call = self._model_infer(prepared.payload, timeout=timeout_s, metadata=self._metadata)
+        try:
+            response = await call
+            metadata = await call.initial_metadata()
+        except grpc.aio.AioRpcError as error:
+            raise _grpc_error(error) from None
+        instance = _instance_name(metadata.get(INSTANCE_HEADER) if metadata else None)
+        name = prepared.request.output_name
+        for index, output in enumerate(response.outputs):
+            if output.name != name:
+                continue
+            try:
+                if index < len(response.raw_output_contents):
+                    raw = response.raw_output_contents[index]
+                    array = decode_output(raw, output.datatype, output.shape)
+                elif output.contents.bytes_contents:
+                    array = np.array(list(output.contents.bytes_contents), dtype=object)
+                    array = array.reshape([int(d) for d in output.shape])
+                else:
+                    raise ValueError("the output carries no data")
+            except ValueError as error:
+                raise TransportError(
+                    ErrorKind.RESPONSE, clean_server_text(f"output '{name}': {error}"), instance
+                ) from None
+            return InferAnswer(array, instance)
+        raise TransportError(
+            ErrorKind.RESPONSE, clean_server_text(f"the answer has no output '{name}'"), instance
+        )
+
+    async def close(self) -> None:
+        try:
+            await self._channel.close()
+        finally:
+            await self._client.close()
+
+
+def _grpc_error(error: Any) -> TransportError:
+    code = error.code()
+    kind = _GRPC_KINDS.get(getattr(code, "name", ""), ErrorKind.SERVER)
+    details = clean_server_text(error.details() or getattr(code, "name", "") or "no details")
+    # AioRpcError keeps the headers of a failed call; Envoy names the instance there too.
+    metadata = error.initial_metadata()
+    instance = _instance_name(metadata.get(INSTANCE_HEADER) if metadata else None)
+    return TransportError(kind, details, instance)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+class HttpTransport:
+    """Triton over HTTP/REST: tritonclient for the checks, a pre-built binary body to infer."""
+
+    protocol: TransportName = "http"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tls: TlsOptions | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        connection_limit: int = 512,
+    ) -> None:
+        import aiohttp
+        import tritonclient.http.aio as httpaio
+
+        context = tls.ssl_context() if tls is not None else None
+        self._headers = {name: value for name, value in headers}
+        self._client = httpaio.InferenceServerClient(
+            url, conn_limit=8, ssl=tls is not None, ssl_context=context
+        )
+        self._base = f"{'https' if tls is not None else 'http'}://{url}"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=connection_limit, ssl=context if context is not None else False
+            ),
+            auto_decompress=False,
+        )
+
+    def _call_headers(self) -> dict[str, str] | None:
+        return dict(self._headers) or None
+
+    async def is_server_live(self, timeout_s: float) -> bool:
+        call = self._client.is_server_live(headers=self._call_headers())
+        return bool(await asyncio.wait_for(call, timeout_s))
+
+    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        call = self._client.is_model_ready(model, version, headers=self._call_headers())
+        return bool(await asyncio.wait_for(call, timeout_s))
+
+    async def model_metadata(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        call = self._client.get_model_metadata(model, version, headers=self._call_headers())
+        return dict(await asyncio.wait_for(call, timeout_s))
+
+    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        call = self._client.get_model_config(model, version, headers=self._call_headers())
+        return dict(await asyncio.wait_for(call, timeout_s))
+
+    async def model_names(self, timeout_s: float) -> list[str]:
+        call = self._client.get_model_repository_index(headers=self._call_headers())
+        index = await asyncio.wait_for(call, timeout_s)
+        return sorted({clean_server_text(m["name"]) for m in index})
+
+    def prepare(self, request: InferRequest) -> PreparedRequest:
+        raw = tensor_bytes(request.data, request.datatype)
+        output: dict[str, Any] = {"name": request.output_name, "parameters": {"binary_data": True}}
+        if request.class_count > 0:
+            output["parameters"]["classification"] = request.class_count
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": request.input_name,
+                        "shape": [int(d) for d in request.data.shape],
+                        "datatype": request.datatype,
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [output],
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        return PreparedRequest(request, header + raw, len(header))
+
+    def _infer_url(self, request: InferRequest) -> str:
+        model = quote(request.model, safe="")
+        if request.version:
+            return (
+                f"{self._base}/v2/models/{model}/versions/{quote(request.version, safe='')}/infer"
+            )
+        return f"{self._base}/v2/models/{model}/infer"
+
+    async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer:
+        import aiohttp
+
+        headers = {
+            **self._headers,
+            "Inference-Header-Content-Length": str(prepared.header_length),
+            "Content-Type": "application/octet-stream",
+            # aiohttp offers gzip by default and Triton then compresses: costly and pointless here.
+            "Accept-Encoding": "identity",
+        }
+        try:
+            status, header_length, instance, body = await asyncio.wait_for(
+                self._post(self._infer_url(prepared.request), prepared.payload, headers),
+                timeout_s,
+            )
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TransportError(
+                ErrorKind.DEADLINE, "no answer within the request deadline"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise TransportError(
+                ErrorKind.UNAVAILABLE,
+                clean_server_text(
+                    f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                ),
+            ) from None
+        if status != 200:
+            raise TransportError(_http_kind(status), _http_error_text(status, body), instance)
+        try:
+            array = _http_output(body, header_length, prepared.request.output_name)
+        except (ValueError, KeyError, TypeError) as error:
+            raise TransportError(
+                ErrorKind.RESPONSE, clean_server_text(f"unreadable answer: {error}"), instance
+            ) from None
+        return InferAnswer(array, instance)
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str | None, str, bytes]:
+        async with self._session.post(url, data=body, headers=headers) as response:
+            answer = await response.read()
+            return (
+                response.status,
+                response.headers.get("Inference-Header-Content-Length"),
+                _instance_name(response.headers.get(INSTANCE_HEADER)),
+                answer,
+            )
+
+    async def close(self) -> None:
+        try:
+            await self._session.close()
+        finally:
+            await self._client.close()
+
+
+def _http_kind(status: int) -> ErrorKind:
+    if status in (502, 503):
+        return ErrorKind.UNAVAILABLE
+    if status == 504:
+        return ErrorKind.DEADLINE
+    return ErrorKind.SERVER
+
+
+def _http_error_text(status: int, body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+        if isinstance(parsed, dict) and "error" in parsed:
+            text = str(parsed["error"])
+    except ValueError:
+        pass
+    return clean_server_text(f"HTTP {status}: {text.strip() or 'no details'}")
+
+
+def _http_output(body: bytes, header_length: str | None, name: str) -> npt.NDArray[Any]:
+    length = int(header_length) if header_length else len(body)
+    header = json.loads(body[:length].decode("utf-8"))
+    offset = length
+    view = memoryview(body)
+    for output in header.get("outputs", []):
+        parameters = output.get("parameters") or {}
+        size = int(parameters.get("binary_data_size", -1))
+        if output.get("name") == name:
+            shape = [int(d) for d in output.get("shape", [])]
+            datatype = str(output.get("datatype", ""))
+            if size >= 0:
+                return decode_output(view[offset : offset + size], datatype, shape)
+            data = output.get("data", [])
+            if datatype == "BYTES":
+                array: npt.NDArray[Any] = np.empty(len(data), dtype=object)
+                array[:] = [str(x).encode("utf-8") for x in data]
+                return array.reshape(shape)
+            return np.asarray(data, dtype=_NUMPY_DTYPES.get(datatype, "f8")).reshape(shape)
+        if size >= 0:
+            offset += size
+    raise ValueError(f"the answer has no output '{name}'")
+
+
+# -- in memory --------------------------------------------------------------------------------
+AnswerFunction = Callable[[InferRequest, int], npt.NDArray[Any]]
+"""Given the request and the call's number (0, 1, ...), the output the fake server returns."""
+
+
+def fake_classifier(
+    num_classes: int = 5,
+    *,
+    name: str = "fake",
+    size: int = 32,
+    max_batch_size: int = 16,
+    labels: bool = False,
+    input_datatype: str = "FP32",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model metadata and config (HTTP JSON shapes) of an NCHW image classifier."""
+    batch = [-1] if max_batch_size > 0 else []
+    metadata = {
+        "name": name,
+        "versions": ["1"],
+        "platform": "fake",
+        "inputs": [{"name": "image", "datatype": input_datatype, "shape": [*batch, 3, size, size]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [*batch, num_classes]}],
+    }
+    output: dict[str, Any] = {"name": "scores", "data_type": "TYPE_FP32", "dims": [num_classes]}
+    if labels:
+        output["label_filename"] = "labels.txt"
+    config = {
+        "name": name,
+        "max_batch_size": max_batch_size,
+        "input": [{"name": "image", "format": "FORMAT_NCHW", "dims": [3, size, size]}],
+        "output": [output],
+    }
+    return metadata, config
+
+
+def rising_scores(request: InferRequest, call: int, num_classes: int) -> npt.NDArray[Any]:
+    """Default fake answer: for each image, scores 0, 1, ..., so the last class wins; as
+    "score:index:class k" strings when the classification extension is asked for."""
+    del call
+    rows = request.data.shape[0] if request.data.ndim == 4 else 1
+    if request.class_count > 0:
+        best = range(num_classes - 1, num_classes - 1 - min(request.class_count, num_classes), -1)
+        entries = [f"{float(k)}:{k}:class {k}".encode() for k in best]
+        array: npt.NDArray[Any] = np.empty((rows, len(entries)), dtype=object)
+        for row in range(rows):
+            array[row, :] = entries
+        return array
+    return np.tile(np.arange(num_classes, dtype=np.float32), (rows, 1))
+
+
+@dataclass
+class FakeCall:
+    request: InferRequest
+    started_at: float
+    timeout_s: float
+
+
+@dataclass
+class FakeTransport:
+    """A server in memory, for engine tests that need no real one (the test says so).
+
+    `answer(request, call_number)` gives the output (default: `rising_scores`); `delay_s` holds every call that long (a
+    call whose delay passes its deadline fails as DEADLINE, as a real one would); `failures`
+    maps a call's number to the ErrorKind it fails with (RESPONSE returns a malformed answer);
+    answers are attributed to `instances` in turn (none: UNKNOWN_INSTANCE).
+    """
+
+    metadata: dict[str, Any] = field(default_factory=lambda: fake_classifier()[0])
+    config: dict[str, Any] = field(default_factory=lambda: fake_classifier()[1])
+    answer: AnswerFunction | None = None
+    """None: `rising_scores` for the model's class count."""
+    delay_s: float = 0.0
+    failures: Mapping[int, ErrorKind] = field(default_factory=dict)
+    instances: Sequence[str] = ()
+    live: bool = True
+    protocol: TransportName = "grpc"
+    calls: list[FakeCall] = field(default_factory=list)
+    outstanding: int = 0
+    max_outstanding: int = 0
+    closed: bool = False
+
+    async def is_server_live(self, timeout_s: float) -> bool:
+        if not self.live:
+            raise TransportError(ErrorKind.UNAVAILABLE, "fake server is down")
+        return True
+
+    async def is_model_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        return model == self.metadata.get("name")
+
+    async def model_metadata(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        return dict(self.metadata)
+
+    async def model_config(self, model: str, version: str, timeout_s: float) -> dict[str, Any]:
+        return dict(self.config)
+
+    async def model_names(self, timeout_s: float) -> list[str]:
+        return [clean_server_text(self.metadata.get("name", ""))]
+
+    def prepare(self, request: InferRequest) -> PreparedRequest:
+        return PreparedRequest(request, tensor_bytes(request.data, request.datatype))
+
+    async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer:
+        number = len(self.calls)
+        loop = asyncio.get_running_loop()
+        self.calls.append(FakeCall(prepared.request, loop.time(), timeout_s))
+        instance = self.instances[number % len(self.instances)] if self.instances else None
+        self.outstanding += 1
+        self.max_outstanding = max(self.max_outstanding, self.outstanding)
+        try:
+            if self.delay_s > timeout_s:
+                await asyncio.sleep(timeout_s)
+                raise TransportError(ErrorKind.DEADLINE, "no answer within the request deadline")
+            if self.delay_s > 0:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.outstanding -= 1
+        kind = self.failures.get(number)
+        if kind is ErrorKind.RESPONSE:
+            return InferAnswer(np.zeros((0,), dtype=np.float32), _instance_name(instance))
+        if kind is not None:
+            raise TransportError(kind, f"fake failure ({kind.value})", _instance_name(instance))
+        if self.answer is not None:
+            output = self.answer(prepared.request, number)
+        else:
+            classes = int(self.metadata["outputs"][0]["shape"][-1])
+            output = rising_scores(prepared.request, number, classes)
+        return InferAnswer(output, _instance_name(instance))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+TransportFactory = Callable[
+    [TransportName, str, "TlsOptions | None", Sequence[tuple[str, str]]], Transport
+]
+
+
+def make_transport(
+    protocol: TransportName,
+    url: str,
+    tls: TlsOptions | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Transport:
+    """The transport for `protocol` to `url` (HOST:PORT, checked by the caller)."""
+    if protocol == "grpc":
+        return GrpcTransport(url, tls=tls, headers=headers)
+    if protocol == "http":
+        return HttpTransport(url, tls=tls, headers=headers)
+    raise ValueError(f"unknown protocol '{protocol}' (choose grpc or http)")

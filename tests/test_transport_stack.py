@@ -1,0 +1,155 @@
+"""The transports against a real Triton (and Envoy): the pre-serialised paths answer exactly as
+tritonclient's own calls do, and what a hostile server says is cleaned before an event has it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowerdemo.core.engine import EngineSettings, InferenceEngine
+from flowerdemo.core.images import load_images
+from flowerdemo.core.model_spec import parse_model_spec
+from flowerdemo.core.preprocess import PreprocessOptions, TensorCache
+from flowerdemo.core.transport import GrpcTransport, HttpTransport, InferRequest
+from flowerdemo.resources import sample_images_dir
+from flowerdemo.serving.repository import write_repository
+from flowerdemo.serving.stack import LocalStack, StackSettings
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [image.rgb for image in load_images(sample_images_dir()).images[:4]]
+
+
+async def _batch_for(transport, samples) -> tuple[np.ndarray, object]:
+    metadata = await transport.model_metadata("flowers", "", 10.0)
+    config = await transport.model_config("flowers", "", 10.0)
+    spec = parse_model_spec(metadata, config)
+    cache = TensorCache(samples, spec, PreprocessOptions())
+    return cache.batch(range(len(samples))), spec
+
+
+async def test_grpc_preserialised_answers_are_byte_identical_to_tritonclient(local_stack, samples):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as grpcaio
+
+    url = local_stack.instance_grpc_url(0)
+    transport = GrpcTransport(url)
+    reference = grpcaio.InferenceServerClient(url)
+    try:
+        batch, spec = await _batch_for(transport, samples)
+        for class_count in (0, 3):
+            request = InferRequest(
+                "flowers", "", spec.input_name, "FP32", batch, spec.output_name, class_count
+            )
+            prepared = transport.prepare(request)
+            # The same prepared bytes, sent twice: reuse must not change the answer.
+            ours = [await transport.infer(prepared, 10.0) for _ in range(2)]
+            tensor = grpcclient.InferInput(spec.input_name, list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch)
+            output = grpcclient.InferRequestedOutput(spec.output_name, class_count=class_count)
+            theirs = (await reference.infer("flowers", [tensor], outputs=[output])).as_numpy(
+                spec.output_name
+            )
+            for answer in ours:
+                assert answer.output.shape == theirs.shape
+                if class_count:
+                    assert answer.output.tolist() == theirs.tolist()
+                else:
+                    assert answer.output.tobytes() == theirs.tobytes()
+    finally:
+        await transport.close()
+        await reference.close()
+
+
+async def test_http_prebuilt_body_answers_are_identical_to_tritonclient(local_stack, samples):
+    import tritonclient.http as httpclient
+    import tritonclient.http.aio as httpaio
+
+    url = local_stack.instance_http_url(0)
+    transport = HttpTransport(url)
+    reference = httpaio.InferenceServerClient(url)
+    try:
+        batch, spec = await _batch_for(transport, samples)
+        for class_count in (0, 2):
+            request = InferRequest(
+                "flowers", "", spec.input_name, "FP32", batch, spec.output_name, class_count
+            )
+            ours = await transport.infer(transport.prepare(request), 10.0)
+            tensor = httpclient.InferInput(spec.input_name, list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch, binary_data=True)
+            output = httpclient.InferRequestedOutput(
+                spec.output_name, binary_data=True, class_count=class_count
+            )
+            theirs = (await reference.infer("flowers", [tensor], outputs=[output])).as_numpy(
+                spec.output_name
+            )
+            assert ours.output.shape == theirs.shape
+            if class_count:
+                assert ours.output.tolist() == theirs.tolist()
+            else:
+                assert ours.output.tobytes() == theirs.tobytes()
+    finally:
+        await transport.close()
+        await reference.close()
+
+
+HOSTILE_LABELS = {
+    0: "\x1b[2J\x1b[Hclear screen",
+    1: "\x1b]0;pwned\x07title",
+    2: "\u202eright to left",
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory, standin_model_dir, free_port_block):
+    """A real Triton whose labels file carries terminal escape sequences (written past the
+    repository writer's checks, as a hostile server's operator would)."""
+    root = tmp_path_factory.mktemp("hostile-repository")
+    written = write_repository(
+        standin_model_dir / "flowers.onnx", standin_model_dir / "labels.txt", root
+    )
+    labels_path = written.model_dir / "labels.txt"
+    labels = labels_path.read_text(encoding="utf-8").splitlines()
+    for index, text in HOSTILE_LABELS.items():
+        labels[index] = text
+    # Every class gets one, so whichever wins, its label is hostile.
+    labels = [
+        labels[k] if k in HOSTILE_LABELS else f"\x1b[31m{k}\x1b[0m" for k in range(len(labels))
+    ]
+    labels_path.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    settings = StackSettings(
+        instances=1, with_envoy=False, repository=root, base_port=free_port_block(3)
+    )
+    with LocalStack(settings) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_labels_with_escape_sequences_from_a_real_triton_are_cleaned(
+    hostile_server, samples, protocol
+):
+    url = (
+        hostile_server.instance_grpc_url(0)
+        if protocol == "grpc"
+        else hostile_server.instance_http_url(0)
+    )
+    engine = InferenceEngine(EngineSettings(url=url, protocol=protocol, topk=5), samples)
+    spec = await engine.connect()
+    try:
+        assert spec.has_labels
+        event = await engine.classify([0])
+    finally:
+        await engine.close()
+    assert event.ok, event.error
+    labels = [c.label for c in event.topk[0]]
+    assert len(labels) == 5
+    for label in labels:
+        assert label.isprintable() and "\x1b" not in label, repr(label)
+        assert "\u202e" not in label
+    expected = {0: "clear screen", 1: "title", 2: "right to left"}
+    for classification in event.topk[0]:
+        want = expected.get(classification.index, str(classification.index))
+        assert classification.label == want, repr(classification.label)
