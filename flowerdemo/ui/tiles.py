@@ -34,6 +34,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QAbstractScrollArea, QToolTip, QWidget
 
 from flowerdemo.core.events import Classification, InferenceEvent
+from flowerdemo.ui.instance_colors import instance_color
 
 MIN_TILE = 96
 """Below this many pixels a tile's labels stop being readable: scroll instead of shrinking."""
@@ -81,6 +82,8 @@ class TileState:
     latency_ms: float | None = None
     error: str | None = None
     answers: int = 0
+    instance: str | None = None
+    """The instance that gave the latest answer (its colour marks the tile)."""
 
     @property
     def answered(self) -> bool:
@@ -193,6 +196,7 @@ class TileGrid(QAbstractScrollArea):
         """Forget every answer (the photos stay); in-flight marks stay until their answers come."""
         for state in self._tiles:
             state.topk, state.latency_ms, state.error, state.answers = (), None, None, 0
+            state.instance = None
         self.viewport().update()
 
     def mark_sent(self, indices: Sequence[int]) -> None:
@@ -214,6 +218,7 @@ class TileGrid(QAbstractScrollArea):
                 state.latency_ms = latency_ms
                 state.error = None
                 state.answers += 1
+                state.instance = event.instance
             elif event.error is not None:
                 state.error = event.error.kind.value
             self._update_tile(index)
@@ -294,6 +299,8 @@ class TileGrid(QAbstractScrollArea):
             lines.append(f"{guess.score:6.1%}  {guess.label}")
         if state.latency_ms is not None:
             lines.append(f"last latency {state.latency_ms:.1f} ms, answered {state.answers}x")
+        if state.instance is not None:
+            lines.append(f"answered by {state.instance}")
         if state.error:
             lines.append(f"last request failed: {state.error}")
         if state.in_flight:
@@ -359,6 +366,11 @@ class TileGrid(QAbstractScrollArea):
         painter.drawPixmap(rect.topLeft(), self._pixmap(index))
         if state.answered or state.error:
             painter.drawPixmap(rect.topLeft(), self._answer_overlay(state))
+            if state.instance is not None:
+                painter.drawPixmap(
+                    QPoint(rect.left(), rect.bottom() + 1 - _band_height(size)),
+                    self._instance_band(state.instance),
+                )
             if state.latency_ms is not None:
                 margin = max(3, size // 28)
                 painter.drawPixmap(
@@ -465,6 +477,27 @@ class TileGrid(QAbstractScrollArea):
         self._overlays[key] = pixmap
         return pixmap
 
+    def _instance_band(self, instance: str) -> QPixmap:
+        """A strip in the instance's colour along the tile's bottom edge, inside its rounded
+        corners: which instance answered, readable from across a booth."""
+        color = instance_color(instance)
+        key = ("instance", color.rgb(), self._layout.tile, self.devicePixelRatioF())
+        cached = self._overlays.get(key)
+        if cached is not None:
+            return cached
+        size = self._layout.tile
+        height = _band_height(size)
+        layer, painter = self._transparent_layer(size, height)
+        frame = QPainterPath()
+        radius = self._corner_radius(size)
+        frame.addRoundedRect(QRectF(0, height - size, size, size), radius, radius)
+        painter.setClipPath(frame)
+        painter.fillRect(QRect(0, 0, size, height), color)
+        painter.end()
+        pixmap = QPixmap.fromImage(layer)
+        self._overlays[key] = pixmap
+        return pixmap
+
     def _chip_font(self, size: int) -> QFont:
         font = QFont(self.font())
         font.setPixelSize(max(9, round(max(9, min(26, round(size / 11))) * 0.95)))
@@ -550,6 +583,12 @@ class TileGrid(QAbstractScrollArea):
         pixmap = QPixmap.fromImage(layer)
         self._chips[key] = pixmap
         return pixmap
+
+
+def _band_height(tile: int) -> int:
+    """The instance band's height: thinner than the label box's bottom margin, so it never
+    covers a label."""
+    return max(3, round(tile * 0.045))
 
 
 def _format_ms(milliseconds: float) -> str:
