@@ -43,9 +43,6 @@ INFO_BANNER_MS = 6000
 class Banner(QFrame):
     """A non-modal strip across the top of the window showing the latest problem."""
 
-    sig_dismissed = Signal()
-    """The user closed the banner."""
-
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("banner")
@@ -109,7 +106,6 @@ class Banner(QFrame):
 
     def dismiss(self) -> None:
         self._expire()
-        self.sig_dismissed.emit()
 
     def _expire(self) -> None:
         self._hide_timer.stop()
