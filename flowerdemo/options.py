@@ -46,6 +46,8 @@ class RunOptions:
     percentile: int = DEFAULT_PERCENTILE
     """The verdict percentile: the latency the budget, the badge and the summary judge by."""
     instances: int = DEFAULT_LOCAL_INSTANCES
+    admin: str | None = None
+    """HOST:PORT of the Envoy admin interface of a remote stack: its instances in the window."""
     fullscreen: bool = False
     headless: bool = False
 
@@ -126,6 +128,12 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LOCAL_INSTANCES,
         help="Triton instances of the local stack (only without --url)",
     )
+    parser.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="Envoy admin interface of a stack this app did not start: the window's Instances "
+        "panel lists its instances and their health",
+    )
     parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
 
 
@@ -149,6 +157,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         budget_ms=args.budget_ms,
         percentile=args.percentile,
         instances=args.instances,
+        admin=args.admin,
         fullscreen=args.fullscreen,
         headless=args.headless,
     )

@@ -5,6 +5,12 @@ and listen to its signals. It owns the InferenceEngine (created and connected in
 event loop, because the Triton aio clients are bound to their loop), the run statistics, and,
 for the embedded default, the LocalStack, whose blocking start and stop run in a worker thread.
 
+Instances: for a local stack (embedded, or one the window watches) the task polls its instance
+states on a worker thread, relays the stack's own events (its listener runs on the stack's
+supervisor thread) to the GUI thread through a queued signal, and carries out the Instances
+panel's add, remove, kill and restart on worker threads. For a remote stack with an Envoy admin
+address it polls Envoy's upstream hosts instead.
+
 Recovery: a failed connection is retried every `retry_interval_s` until it works or the settings
 change. Once connected, the gRPC channel and the HTTP session reconnect by themselves, so a server
 that goes away and comes back needs no new engine: requests fail (and are counted) while it is
@@ -19,7 +25,7 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PySide6.QtCore import QObject, Signal
@@ -28,8 +34,11 @@ from flowerdemo.core.engine import ConnectError, EngineSettings, InferenceEngine
 from flowerdemo.core.events import ErrorKind, InferenceEvent
 from flowerdemo.core.model_spec import ModelSpec
 from flowerdemo.core.stats import RunStatistics, StatsSnapshot
+from flowerdemo.core.text import clean_server_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flowerdemo.serving.stack import InstanceState, LocalStack, StackSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,8 @@ STATS_WINDOW_S = 2.0
 """The sliding window of the live figures: short enough that the charts react within seconds."""
 GRACEFUL_STOP_S = 2.0
 """How long a settings change waits for outstanding requests before cancelling them."""
+ADMIN_TIMEOUT_S = 1.0
+"""How long one read of a remote Envoy's admin interface may take."""
 
 
 class TaskState(str, enum.Enum):
@@ -73,7 +84,7 @@ class StackHealth:
 
     @property
     def down(self) -> tuple[InstanceState, ...]:
-        return tuple(i for i in self.instances if i.state in ("failed", "stopped"))
+        return tuple(i for i in self.instances if i.state in ("failed", "down"))
 
 
 class InferenceTask(QObject):
@@ -97,6 +108,12 @@ class InferenceTask(QObject):
     """Automatic mode started (True) or finished (False)."""
     sig_stack_health = Signal(object)
     """The local stack's instances changed state (a StackHealth)."""
+    sig_stack_event = Signal(object)
+    """Something happened in the local stack (a serving StackEvent), delivered on the GUI thread."""
+    sig_upstreams = Signal(object)
+    """A remote stack's instances as its Envoy admin sees them (a list of UpstreamHost)."""
+    _sig_stack_event_from_thread = Signal(object)
+    """A StackEvent emitted on the stack's supervisor thread (queued to the GUI thread)."""
 
     def __init__(
         self,
@@ -123,8 +140,15 @@ class InferenceTask(QObject):
         self._owned_stack: LocalStack | None = None
         self._watched_stack: LocalStack | None = None
         self._last_health: StackHealth | None = None
+        self._health_wake: asyncio.Event | None = None
+        self._listened: set[int] = set()
+        self._admin_address: str | None = None
+        self._admin_watch: asyncio.Task[None] | None = None
+        self._stack_calls: set[asyncio.Future[object]] = set()
         self._requests: set[asyncio.Task[InferenceEvent]] = set()
         self._closing = False
+        # A queued connection: the stack calls its listeners on its own thread.
+        self._sig_stack_event_from_thread.connect(self._on_stack_event)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -158,6 +182,16 @@ class InferenceTask(QObject):
     @property
     def stack_health(self) -> StackHealth | None:
         return self._last_health
+
+    @property
+    def control_stack(self) -> LocalStack | None:
+        """The local stack the Instances panel acts on: the embedded one or the watched one."""
+        return self._owned_stack or self._watched_stack
+
+    @property
+    def can_change_instances(self) -> bool:
+        stack = self.control_stack
+        return stack is not None and hasattr(stack, "add_instance")
 
     def snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot(in_flight=self.in_flight)
@@ -213,10 +247,22 @@ class InferenceTask(QObject):
         return stack
 
     def watch_stack(self, stack: LocalStack) -> None:
-        """Report the instances of `stack` as they go down and come back (sig_stack_health)."""
+        """Report the instances of `stack` as they go down and come back (sig_stack_health),
+        and relay its events (sig_stack_event)."""
         self._watched_stack = stack
+        add_listener = getattr(stack, "add_listener", None)
+        if add_listener is not None and id(stack) not in self._listened:
+            self._listened.add(id(stack))
+            add_listener(self._on_stack_event_in_thread)
+        if self._health_wake is None:
+            self._health_wake = asyncio.Event()
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.ensure_future(self._watch())
+
+    def refresh_health_soon(self) -> None:
+        """Read the stack's states now rather than at the next poll."""
+        if self._health_wake is not None:
+            self._health_wake.set()
 
     async def _watch(self) -> None:
         while not self._closing:
@@ -235,6 +281,112 @@ class InferenceTask(QObject):
                     self._last_health = health
                     self._report_health(previous, health)
                     self.sig_stack_health.emit(health)
+            wake = self._health_wake
+            if wake is None:
+                await asyncio.sleep(self.monitor_interval_s)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.monitor_interval_s)
+            wake.clear()
+
+    def _on_stack_event_in_thread(self, event: object) -> None:
+        """The stack's listener (its supervisor thread): hop to the GUI thread."""
+        if self._closing:
+            return
+        # RuntimeError: the task is gone (the window closed while the stack was stopping).
+        with contextlib.suppress(RuntimeError):
+            self._sig_stack_event_from_thread.emit(event)
+
+    def _on_stack_event(self, event: object) -> None:
+        if self._closing:
+            return
+        self.sig_stack_event.emit(event)
+        self.refresh_health_soon()
+
+    # -- changing the local stack's instances (the Instances panel) -----------------------
+    async def add_instance(self) -> str | None:
+        """Start one more instance; its name, or None (after sig_problem)."""
+        name = await self._stack_call("Adding an instance", lambda stack: stack.add_instance())
+        if name is not None:
+            self.sig_problem.emit("info", f"Adding instance {name}: it joins once ready.")
+        return None if name is None else str(name)
+
+    async def remove_instance(self, name: str | None = None) -> str | None:
+        """Drain and stop `name` (the newest when None); its name, or None (after sig_problem)."""
+        removed = await self._stack_call(
+            f"Removing {name or 'an instance'}", lambda stack: stack.remove_instance(name)
+        )
+        if removed is not None:
+            self.sig_problem.emit(
+                "info", f"Draining {removed}: it stops once its requests are answered."
+            )
+        return None if removed is None else str(removed)
+
+    async def kill_instance(self, name: str) -> bool:
+        """SIGKILL `name` (fault injection)."""
+        done = await self._stack_call(f"Killing {name}", lambda stack: stack.kill_instance(name))
+        if done is not None:
+            self.sig_problem.emit("warning", f"Killed {name} (SIGKILL).")
+        return done is not None
+
+    async def restart_instance(self, name: str) -> bool:
+        done = await self._stack_call(
+            f"Restarting {name}", lambda stack: stack.restart_instance(name)
+        )
+        if done is not None:
+            self.sig_problem.emit("info", f"Restarting {name}.")
+        return done is not None
+
+    async def _stack_call(self, what: str, call: Callable[[Any], object]) -> object | None:
+        """`call(stack)` on a worker thread; its result (True for None), or None after
+        sig_problem when there is no local stack or the call failed."""
+        stack = self.control_stack
+        if stack is None or self._closing:
+            self.sig_problem.emit("warning", f"{what}: there is no local stack to change.")
+            return None
+        future = asyncio.ensure_future(asyncio.to_thread(call, stack))
+        self._stack_calls.add(future)
+        try:
+            result = await future
+        except Exception as error:
+            self.sig_problem.emit(
+                "error", f"{what} failed: {clean_server_text(error) or type(error).__name__}"
+            )
+            return None
+        finally:
+            self._stack_calls.discard(future)
+            self.refresh_health_soon()
+        return True if result is None else result
+
+    # -- a remote stack's instances, from its Envoy admin interface ------------------------
+    def watch_admin(self, address: str) -> None:
+        """Poll Envoy's admin at `address` (host:port) for the upstream hosts (sig_upstreams)."""
+        self._admin_address = address
+        if self._admin_watch is None or self._admin_watch.done():
+            self._admin_watch = asyncio.ensure_future(self._watch_admin())
+
+    async def _watch_admin(self) -> None:
+        from flowerdemo.serving.admin import read_upstream_hosts
+
+        failing = False
+        while not self._closing and self._admin_address is not None:
+            address = self._admin_address
+            try:
+                hosts = await asyncio.to_thread(read_upstream_hosts, address, ADMIN_TIMEOUT_S)
+            except Exception as error:
+                if not failing:
+                    self.sig_problem.emit(
+                        "warning",
+                        f"Envoy admin at {address} does not answer "
+                        f"({clean_server_text(error) or type(error).__name__}); "
+                        f"the Instances panel shows what the answers say.",
+                    )
+                failing = True
+            else:
+                if failing:
+                    self.sig_recovered.emit(f"Envoy admin at {address} answers again.")
+                failing = False
+                self.sig_upstreams.emit(hosts)
             await asyncio.sleep(self.monitor_interval_s)
 
     def _report_health(self, previous: StackHealth | None, health: StackHealth) -> None:
@@ -412,14 +564,21 @@ class InferenceTask(QObject):
         self._closing = True
         self._set_state(TaskState.CLOSING)
         self._cancel_retry()
-        for task in (self._monitor,):
+        for task in (self._monitor, self._admin_watch):
             if task is not None and not task.done():
                 task.cancel()
+        if self._stack_calls:
+            # A start or drain under way finishes before the stack itself is stopped.
+            await asyncio.gather(*self._stack_calls, return_exceptions=True)
         self._auto_wanted = None
         await self._drop_engine(graceful=False)
         for request in list(self._requests):
             request.cancel()
-        pending = [t for t in (self._monitor, self._retry, *self._requests) if t is not None]
+        pending = [
+            t
+            for t in (self._monitor, self._admin_watch, self._retry, *self._requests)
+            if t is not None
+        ]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._stack_start is not None and not self._stack_start.done():
@@ -438,6 +597,9 @@ def _read_health(stack: LocalStack) -> tuple[list[InstanceState], bool]:
 
 def _health_key(health: StackHealth) -> tuple[object, ...]:
     return (
-        tuple((i.index, i.state, i.message) for i in health.instances),
+        tuple(
+            (i.index, i.name, i.state, i.message, getattr(i, "restarts", 0))
+            for i in health.instances
+        ),
         health.envoy_running,
     )
