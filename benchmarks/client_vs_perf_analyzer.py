@@ -26,7 +26,7 @@ from flowerdemo.serving.stack import LocalStack, StackSettings
 
 
 def photos() -> list[Image.Image]:
-    return [image.rgb for image in load_images(sample_images_dir()).images]
+    return [image.image for image in load_images(sample_images_dir()).images]
 
 
 def main() -> int:

@@ -50,7 +50,7 @@ def machine_description() -> str:
 
 
 def photos() -> list[Image.Image]:
-    return [image.rgb for image in load_images(sample_images_dir()).images]
+    return [image.image for image in load_images(sample_images_dir()).images]
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from flowerdemo.core.sweep import (
     run_sweep,
 )
 from flowerdemo.embedded import server_url
+from flowerdemo.guard import report_skipped
 from flowerdemo.options import RunOptions
 from flowerdemo.plots import SweepPoint, plot_sweeps, read_perf_analyzer_csv
 
@@ -124,10 +125,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
 async def _sweep(options: RunOptions, settings: SweepSettings) -> list[SweepStep] | None:
     image_set = load_images(options.images_dir, labels=options.class_names())
+    report_skipped(image_set.problems, sys.stderr, "flowerdemo bench")
     with server_url(options, sys.stderr) as url:
         if url is None:
             return None
-        engine = InferenceEngine(options.engine_settings(url), [i.rgb for i in image_set.images])
+        engine = InferenceEngine(options.engine_settings(url), [i.image for i in image_set.images])
         try:
             spec = await engine.connect()
             print(f"Measuring {url}: {spec.describe()}")

@@ -20,6 +20,7 @@ from flowerdemo.core.stats import (
     write_perf_analyzer_csv,
 )
 from flowerdemo.embedded import server_url
+from flowerdemo.guard import report_skipped
 from flowerdemo.options import RunOptions
 
 STATUS_INTERVAL_S = 0.5
@@ -39,14 +40,13 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
     except NoImagesError as error:
         print(f"flowerdemo: {error}", file=err)
         return 2
-    for problem in image_set.problems:
-        print(f"flowerdemo: skipped {problem}", file=err)
+    report_skipped(image_set.problems, err, "flowerdemo")
     images = image_set.images
 
     with server_url(options, err) as url:
         if url is None:
             return 2
-        engine = InferenceEngine(options.engine_settings(url), [image.rgb for image in images])
+        engine = InferenceEngine(options.engine_settings(url), [image.image for image in images])
         statistics = RunStatistics(budget_s=options.budget_ms / 1000, percentile=options.percentile)
         engine.add_sink(statistics.record)
         try:

@@ -115,7 +115,7 @@ def validation_server(tmp_path_factory, free_port_block):
 
 @pytest.fixture(scope="module")
 def photos():
-    return [image.rgb for image in load_images(sample_images_dir()).images[:12]]
+    return [image.image for image in load_images(sample_images_dir()).images[:12]]
 
 
 def _engine(url: str, photos, **overrides) -> InferenceEngine:

@@ -13,7 +13,7 @@ async def test_the_served_model_names_the_bundled_samples(local_stack):
     samples = load_images(sample_images_dir()).images
     names = read_labels(labels_file())
     engine = InferenceEngine(
-        EngineSettings(url=local_stack.grpc_url, topk=3), [s.rgb for s in samples]
+        EngineSettings(url=local_stack.grpc_url, topk=3), [s.image for s in samples]
     )
     spec = await engine.connect()
     events: list[InferenceEvent] = []

@@ -54,7 +54,7 @@ async def test_killing_one_instance_loses_no_request(three_instances, run_name):
     stack = three_instances
     batch_size, concurrency, victim, phase_s = RUNS[run_name]
     assert all(state.state == "ready" for state in stack.states())
-    photos = [image.rgb for image in load_images(sample_images_dir()).images[:16]]
+    photos = [image.image for image in load_images(sample_images_dir()).images[:16]]
     settings = EngineSettings(url=stack.grpc_url, request_timeout_s=10, batch_size=batch_size)
     engine = InferenceEngine(settings, photos)
     events: list[InferenceEvent] = []

@@ -124,7 +124,7 @@ async def _serve(settings: LoadSettings, commands: Connection, results: Connecti
     from flowerdemo.core.preprocess import SCALINGS, PreprocessOptions
     from flowerdemo.resources import sample_images_dir
 
-    photos = [i.rgb for i in load_images(settings.images_dir or sample_images_dir()).images]
+    photos = [i.image for i in load_images(settings.images_dir or sample_images_dir()).images]
     engine = InferenceEngine(
         EngineSettings(
             url=settings.url,

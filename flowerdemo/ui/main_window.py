@@ -79,7 +79,7 @@ def load_photos(folder: Path, labels: Sequence[str]) -> LoadedPhotos:
     image_set: ImageSet = load_images(folder, labels=labels)
     tiles = tuple(
         TilePhoto(
-            thumbnail_of(image.rgb),
+            thumbnail_of(image.thumbnail),
             image.name,
             image.truth,
             labels[image.truth] if image.truth is not None and image.truth < len(labels) else None,
@@ -353,7 +353,7 @@ class MainWindow(QMainWindow):
             return False
         self._images = loaded.images
         self.grid.set_photos(loaded.tiles)
-        self.task.set_images([image.rgb for image in loaded.images])
+        self.task.set_images([image.image for image in loaded.images])
         if loaded.problems:
             listed = loaded.problems[:MAX_PROBLEMS_LISTED]
             for problem in listed:
