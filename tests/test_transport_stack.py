@@ -20,7 +20,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope="module")
 def samples():
-    return [image.rgb for image in load_images(sample_images_dir()).images[:4]]
+    return [image.image for image in load_images(sample_images_dir()).images[:4]]
 
 
 async def _batch_for(transport, samples) -> tuple[np.ndarray, object]:
