@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ SUBCOMMANDS = ("serve", "bench")
 
 
 def _client_parser() -> argparse.ArgumentParser:
+    from flowerdemo.env_settings import describe
     from flowerdemo.options import add_client_arguments
 
     parser = argparse.ArgumentParser(
@@ -22,6 +24,7 @@ def _client_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flowerdemo {__version__}")
     add_client_arguments(parser)
+    parser.epilog = describe(parser)
     return parser
 
 
@@ -47,9 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_bench_arguments(parser)
         return run_bench(parser.parse_args(arguments[1:]))
 
+    from flowerdemo.env_settings import apply_environment
     from flowerdemo.options import options_from_args, validate_options
 
     parser = _client_parser()
+    apply_environment(parser, os.environ)
     options = options_from_args(parser.parse_args(arguments))
     problems = validate_options(options)
     if problems:
@@ -58,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flowerdemo.headless import run_headless
 
         return run_headless(options)
+    # Before Qt loads: a missing system library or display is explained, not left to Qt's abort.
+    from flowerdemo.display_check import prepare_display
+
+    if not prepare_display():
+        return 2
     from flowerdemo.ui.app import run_app
 
     return run_app(options)

@@ -22,6 +22,7 @@ from flowerdemo.resources import labels_file, sample_images_dir
 Mode = Literal["interactive", "auto"]
 DEFAULT_BUDGET_MS = 50.0
 DEFAULT_LOCAL_INSTANCES = 2
+DEFAULT_IDLE_MINUTES = 3.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class RunOptions:
     """HOST:PORT of the Envoy admin interface of a remote stack: its instances in the window."""
     fullscreen: bool = False
     headless: bool = False
+    kiosk: bool = False
+    """Unattended booth: full screen, no quitting by key, automatic mode after `idle_minutes`."""
+    idle_minutes: float = DEFAULT_IDLE_MINUTES
 
     @property
     def images_dir(self) -> Path:
@@ -135,6 +139,18 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "panel lists its instances and their health",
     )
     parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
+    parser.add_argument(
+        "--kiosk",
+        action="store_true",
+        help="unattended booth: full screen, Esc and Ctrl+Q do nothing (Ctrl+Alt+Shift+Q or "
+        "SIGTERM ends it), idle cursor hidden, screen kept on, automatic mode when left alone",
+    )
+    parser.add_argument(
+        "--idle-minutes",
+        type=float,
+        default=DEFAULT_IDLE_MINUTES,
+        help="kiosk: minutes without input before automatic mode resumes (default: 3)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -160,6 +176,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         admin=args.admin,
         fullscreen=args.fullscreen,
         headless=args.headless,
+        kiosk=args.kiosk,
+        idle_minutes=args.idle_minutes,
     )
 
 
@@ -178,6 +196,8 @@ def validate_options(options: RunOptions) -> list[str]:
         problems.append(f"--timeout must be positive, not {options.timeout_s}")
     if not 1 <= options.percentile <= 99:
         problems.append(f"--percentile must be between 1 and 99, not {options.percentile}")
+    if options.idle_minutes <= 0:
+        problems.append(f"--idle-minutes must be positive, not {options.idle_minutes}")
     if options.instances < 1:
         problems.append(f"--instances must be at least 1, not {options.instances}")
     if options.labels is not None and not options.labels.is_file():

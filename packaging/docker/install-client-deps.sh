@@ -17,24 +17,13 @@
 #   --print-apt-packages  print the apt package list, one a line, and exit
 set -euo pipefail
 
-# Debian 12 (bookworm) names. Each line is what the Qt 6 xcb platform plugin, its GL
-# integrations and the Qt libraries the client loads link against, beyond the slim base image;
-# apt brings their own dependencies.
-apt_packages=(
-    libx11-6 libx11-xcb1 libxcb1
-    libxcb-cursor0 libxcb-glx0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
-    libxcb-render0 libxcb-render-util0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1
-    libxcb-xfixes0 libxcb-xkb1
-    libxkbcommon0 libxkbcommon-x11-0
-    libegl1 libgl1
-    libfontconfig1 libfreetype6 libbrotli1
-    libglib2.0-0 libdbus-1-3 libgssapi-krb5-2
-    # Qt ships no fonts: without one, every label is blank boxes.
-    fonts-dejavu-core
-)
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source_dir="$(cd "$here/../.." && pwd)"
+# One list for both readers: this script installs it, and the app names a missing package from it.
+package_list="$here/../../flowerdemo/platform_packages.txt"
+[[ -f "$package_list" ]] || { echo "install-client-deps.sh: $package_list is missing" >&2; exit 2; }
+# The first word of each line that is not a comment; Debian 12 (bookworm) names.
+mapfile -t apt_packages < <(sed -e 's/#.*//' "$package_list" | awk 'NF { print $1 }')
 do_apt=1
 do_pip=1
 venv=""
