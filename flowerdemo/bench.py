@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from pathlib import Path
 
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.images import NoImagesError, load_images
 from flowerdemo.core.stats import (
+    DEFAULT_PERCENTILE,
     LatencySummary,
     StatsSnapshot,
     perf_analyzer_row,
@@ -173,7 +175,9 @@ def _print_step(step: SweepStep) -> None:
     )
 
 
-def step_snapshot(step: SweepStep) -> StatsSnapshot:
+def step_snapshot(
+    step: SweepStep, *, budget_s: float = math.nan, percentile: int = DEFAULT_PERCENTILE
+) -> StatsSnapshot:
     """A sweep step in the shape the CSV writer takes."""
     return StatsSnapshot(
         elapsed_s=1.0,
@@ -189,6 +193,12 @@ def step_snapshot(step: SweepStep) -> StatsSnapshot:
         window_requests_per_s=step.requests_per_s,
         window_images_per_s=step.images_per_s,
         run_images_per_s=step.images_per_s,
+        percentile=percentile,
+        budget_s=budget_s,
+        run_verdict_s=step.verdict_s,
+        run_goodput=step.goodput,
+        run_server=step.server,
+        delayed=step.delayed,
     )
 
 

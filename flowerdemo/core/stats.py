@@ -215,6 +215,25 @@ class ServerSplit:
         return self.queue_s + self.compute_s
 
     @classmethod
+    def combine(cls, splits: Sequence[ServerSplit]) -> ServerSplit | None:
+        """Several spans as one: averages weighted by each span's requests."""
+        requests = sum(s.requests for s in splits)
+        if requests <= 0:
+            return None
+
+        def mean(part: Callable[[ServerSplit], float]) -> float:
+            return sum(part(s) * s.requests for s in splits) / requests
+
+        return cls(
+            requests=requests,
+            servers=max(s.servers for s in splits),
+            queue_s=mean(lambda s: s.queue_s),
+            compute_input_s=mean(lambda s: s.compute_input_s),
+            compute_infer_s=mean(lambda s: s.compute_infer_s),
+            compute_output_s=mean(lambda s: s.compute_output_s),
+        )
+
+    @classmethod
     def between(cls, earlier: ServerTotals, later: ServerTotals) -> ServerSplit | None:
         """The averages over the requests the servers finished between two readings; None when
         none finished. A server missing from the earlier reading is left out (its counters may

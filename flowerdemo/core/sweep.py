@@ -13,13 +13,15 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.events import InferenceEvent
+from flowerdemo.core.load import OpenLoopLoad
+from flowerdemo.core.server_stats import ServerStatsReader
 from flowerdemo.core.stats import DEFAULT_PERCENTILE, LatencySummary, ServerSplit
 
 
@@ -33,6 +35,17 @@ class SweepSettings:
     max_windows: int = 10
     percentile: int = DEFAULT_PERCENTILE
     """The verdict percentile: the latency the stability rule and the budget judge by."""
+    request_rates: tuple[float, ...] = ()
+    """Open loop: measure these arrival rates (requests per second) instead of concurrencies."""
+    poisson: bool = False
+    """Open loop with exponential gaps between arrivals instead of a constant rate."""
+    budget_s: float = math.nan
+    """The latency budget each step's goodput is counted against."""
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """What the steps measure: the request rates when given, else the concurrencies."""
+        return self.request_rates or tuple(float(c) for c in self.concurrencies)
 
 
 @dataclass(frozen=True)
@@ -57,12 +70,23 @@ class WindowMeasurement:
 @dataclass(frozen=True)
 class SweepStep:
     concurrency: int
+    """Requests kept outstanding; 0 for an open-loop step (see request_rate)."""
     images_per_s: float
     requests_per_s: float
     latency: LatencySummary
     failed: int
     windows: int
     stable: bool
+    request_rate: float | None = None
+    """The arrival rate asked for (requests per second) in an open-loop step."""
+    delayed: int = 0
+    """Open-loop requests that went out later than their schedule during the step."""
+    server: ServerSplit | None = None
+    """The servers' own split of the step's requests, where they were read."""
+    verdict_s: float = math.nan
+    """The step's latency at the sweep's verdict percentile."""
+    goodput: float = math.nan
+    """The share of the step's answers within the sweep's budget (NaN without a budget)."""
 
 
 def parse_concurrency_range(text: str) -> tuple[int, ...]:
@@ -135,49 +159,124 @@ class _WindowCollector:
         return window
 
 
+class StepMeasurer:
+    """Keeps one load running on a connected engine and measures it at any level asked for:
+    a concurrency (closed loop), or a request rate when `settings.request_rates` is set (open
+    loop). Use as `async with StepMeasurer(...) as measure: step = await measure(level)`."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        settings: SweepSettings,
+        *,
+        server_reader: ServerStatsReader | None = None,
+        image_count: int | None = None,
+        on_window: Callable[[float, int, WindowMeasurement], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.server_reader = server_reader
+        self.on_window = on_window
+        self._collector = _WindowCollector()
+        self._open_loop: OpenLoopLoad | None = None
+        self._driver: asyncio.Future[None] | None = None
+        if settings.request_rates:
+            if image_count is None:
+                raise ValueError("an open-loop sweep needs the number of photos (image_count)")
+            self._open_loop = OpenLoopLoad(
+                engine, settings.request_rates[0], image_count, poisson=settings.poisson
+            )
+
+    async def __aenter__(self) -> StepMeasurer:
+        self.engine.add_sink(self._collector)
+        if self._open_loop is not None:
+            self._driver = asyncio.ensure_future(self._open_loop.run())
+        else:
+            first = self.settings.concurrencies[0] if self.settings.concurrencies else 1
+            self._driver = asyncio.ensure_future(self.engine.run_automatic(first))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._open_loop is not None:
+            self._open_loop.stop()
+        self.engine.stop()
+        if self._driver is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+
+    async def __call__(self, level: float) -> SweepStep:
+        settings = self.settings
+        open_loop = self._open_loop
+        if open_loop is not None:
+            open_loop.set_rate(level)
+        else:
+            self.engine.set_concurrency(int(level))
+        # Let the new level settle for half a window before measuring it.
+        await asyncio.sleep(settings.window_s / 2)
+        self._collector.take(1.0)
+        delayed_before = open_loop.delayed if open_loop is not None else 0
+        reader = self.server_reader
+        before = await reader.read() if reader is not None else None
+        windows: list[WindowMeasurement] = []
+        while len(windows) < settings.max_windows:
+            started = time.monotonic()
+            await asyncio.sleep(settings.window_s)
+            window = self._collector.take(time.monotonic() - started)
+            if reader is not None and before is not None:
+                after = await reader.read()
+                window = replace(window, server=ServerSplit.between(before, after))
+                before = after
+            windows.append(window)
+            if self.on_window is not None:
+                self.on_window(level, len(windows), window)
+            if is_stable(windows, settings.stable_windows, settings.tolerance, settings.percentile):
+                break
+        if open_loop is not None:
+            return step_from_windows(
+                0,
+                windows,
+                settings,
+                request_rate=level,
+                delayed=open_loop.delayed - delayed_before,
+            )
+        return step_from_windows(int(level), windows, settings)
+
+
 async def run_sweep(
     engine: InferenceEngine,
     settings: SweepSettings,
     on_step: Callable[[SweepStep], None] | None = None,
-    on_window: Callable[[int, int, WindowMeasurement], None] | None = None,
+    on_window: Callable[[float, int, WindowMeasurement], None] | None = None,
+    *,
+    server_reader: ServerStatsReader | None = None,
+    image_count: int | None = None,
 ) -> list[SweepStep]:
-    """Measure every concurrency in turn on one connected engine; returns one step each."""
-    collector = _WindowCollector()
-    engine.add_sink(collector)
+    """Measure every level in turn on one connected engine (each concurrency, or each request
+    rate when `settings.request_rates` is set); returns one step each. With `server_reader`,
+    each window also carries the servers' own split of its requests."""
     steps: list[SweepStep] = []
-    first, *rest = settings.concurrencies
-    automatic = asyncio.ensure_future(engine.run_automatic(first))
-    try:
-        for concurrency in (first, *rest):
-            engine.set_concurrency(concurrency)
-            # Let the new concurrency settle for one window before measuring it.
-            await asyncio.sleep(settings.window_s / 2)
-            collector.take(1.0)
-            windows: list[WindowMeasurement] = []
-            while len(windows) < settings.max_windows:
-                started = time.monotonic()
-                await asyncio.sleep(settings.window_s)
-                window = collector.take(time.monotonic() - started)
-                windows.append(window)
-                if on_window is not None:
-                    on_window(concurrency, len(windows), window)
-                if is_stable(
-                    windows, settings.stable_windows, settings.tolerance, settings.percentile
-                ):
-                    break
-            step = step_from_windows(concurrency, windows, settings)
+    async with StepMeasurer(
+        engine,
+        settings,
+        server_reader=server_reader,
+        image_count=image_count,
+        on_window=on_window,
+    ) as measure:
+        for level in settings.levels:
+            step = await measure(level)
             steps.append(step)
             if on_step is not None:
                 on_step(step)
-    finally:
-        engine.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await automatic
     return steps
 
 
 def step_from_windows(
-    concurrency: int, windows: Sequence[WindowMeasurement], settings: SweepSettings
+    concurrency: int,
+    windows: Sequence[WindowMeasurement],
+    settings: SweepSettings,
+    *,
+    request_rate: float | None = None,
+    delayed: int = 0,
 ) -> SweepStep:
     """A step from its windows: the last `stable_windows` give its figures; failures count all."""
     stable = is_stable(windows, settings.stable_windows, settings.tolerance, settings.percentile)
@@ -191,7 +290,22 @@ def step_from_windows(
         failed=sum(w.failed for w in windows),
         windows=len(windows),
         stable=stable,
+        request_rate=request_rate,
+        delayed=delayed,
+        server=ServerSplit.combine([w.server for w in used if w.server is not None]),
+        verdict_s=_percentile(latencies, settings.percentile),
+        goodput=(
+            sum(1 for latency in latencies if latency <= settings.budget_s) / len(latencies)
+            if latencies and not math.isnan(settings.budget_s)
+            else math.nan
+        ),
     )
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    return float(np.percentile(values, q, method="inverted_cdf"))
 
 
 async def sweep_server(
