@@ -20,7 +20,7 @@ from flowerdemo.resources import sample_images_dir
 
 @pytest.fixture(scope="module")
 def photos():
-    return [image.rgb for image in load_images(sample_images_dir()).images]
+    return [image.image for image in load_images(sample_images_dir()).images]
 
 
 def instance_urls(stack) -> list[str]:
