@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowerdemo.options import RunOptions
 
+if TYPE_CHECKING:
+    from flowerdemo.serving.stack import LocalStack
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    """Where the run sends its requests, and the stack behind it when this run started it."""
+
+    url: str
+    stack: LocalStack | None = None
+
 
 @contextlib.contextmanager
-def server_url(options: RunOptions, err: TextIO) -> Iterator[str | None]:
-    """The URL to use: --url as given, or the local stack's (None, after a message, if it fails)."""
+def serving_target(
+    options: RunOptions, err: TextIO, stack_settings: Any = None
+) -> Iterator[ServerTarget | None]:
+    """--url as given, or a local stack started for the run (None, after a message, if it
+    fails). `stack_settings` (serving.stack.StackSettings) overrides the stack's defaults: tests
+    and benchmarks put it on free ports. With --autoscale the stack starts within its limits."""
     if options.url is not None:
-        yield options.url
+        yield ServerTarget(options.url)
         return
     try:
         from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
@@ -25,11 +41,14 @@ def server_url(options: RunOptions, err: TextIO) -> Iterator[str | None]:
         )
         yield None
         return
-    print(
-        f"Starting the local stack: {options.instances} Triton instance(s) behind Envoy...",
-        file=err,
-    )
-    stack = LocalStack(StackSettings(instances=options.instances))
+    instances = options.instances
+    limits = options.autoscale_limits()
+    if limits is not None:
+        instances = min(max(instances, limits[0]), limits[1])
+    settings = stack_settings if stack_settings is not None else StackSettings()
+    settings = _with_instances(settings, instances)
+    print(f"Starting the local stack: {instances} Triton instance(s) behind Envoy...", file=err)
+    stack = LocalStack(settings)
     try:
         stack.start()
     except StackError as error:
@@ -37,6 +56,20 @@ def server_url(options: RunOptions, err: TextIO) -> Iterator[str | None]:
         yield None
         return
     try:
-        yield stack.grpc_url if options.protocol == "grpc" else stack.http_url
+        url = stack.grpc_url if options.protocol == "grpc" else stack.http_url
+        yield ServerTarget(url, stack)
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def server_url(options: RunOptions, err: TextIO) -> Iterator[str | None]:
+    """The URL to use: --url as given, or the local stack's (None, after a message, if it fails)."""
+    with serving_target(options, err) as target:
+        yield None if target is None else target.url
+
+
+def _with_instances(settings: Any, instances: int) -> Any:
+    from dataclasses import replace
+
+    return replace(settings, instances=instances)

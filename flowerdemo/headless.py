@@ -7,11 +7,16 @@ import contextlib
 import math
 import signal
 import sys
-from typing import TextIO
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
 
+from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.events import UNKNOWN_INSTANCE, InferenceEvent
 from flowerdemo.core.images import FlowerImage, NoImagesError, load_images
+from flowerdemo.core.load import OpenLoopLoad
+from flowerdemo.core.server_stats import ServerStatsReader, poll_server_statistics
 from flowerdemo.core.stats import (
     RunStatistics,
     StatsSnapshot,
@@ -19,22 +24,140 @@ from flowerdemo.core.stats import (
     write_json_report,
     write_perf_analyzer_csv,
 )
-from flowerdemo.embedded import server_url
+from flowerdemo.core.text import clean_server_text
+from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import report_skipped
 from flowerdemo.options import RunOptions
 
 STATUS_INTERVAL_S = 0.5
 
 
-def run_headless(options: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """0: every request answered; 1: some failed; 2: nothing could be run (the reason is printed)."""
+AUTOSCALE_INTERVAL_S = 0.5
+"""How often the autoscaler looks at the latency."""
+AUTOSCALE_WINDOW_S = 2.0
+"""The autoscaler judges the verdict percentile of the last this-many seconds of answers: shorter
+than the status window, so it reacts within seconds of the budget being crossed."""
+SERVER_STATS_INTERVAL_S = 1.0
+
+
+def run_headless(
+    options: RunOptions,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    *,
+    stack_settings: Any = None,
+) -> int:
+    """0: every request answered; 1: some failed; 2: nothing could be run (the reason is printed).
+
+    `stack_settings` (serving.stack.StackSettings) places the embedded stack (tests, benchmarks)."""
     try:
-        return asyncio.run(_run(options, out, err))
+        return asyncio.run(_run(options, out, err, stack_settings))
     except KeyboardInterrupt:
         return 130
 
 
-async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
+class _Run:
+    """What one headless run owns besides the engine: statistics, background tasks, decisions."""
+
+    def __init__(self, options: RunOptions, target: ServerTarget, out: TextIO) -> None:
+        self.options = options
+        self.target = target
+        self.out = out
+        self.statistics = RunStatistics(
+            budget_s=options.budget_ms / 1000, percentile=options.percentile
+        )
+        self.open_loop: OpenLoopLoad | None = None
+        self.controller: AutoscaleController | None = None
+        limits = options.autoscale_limits()
+        if limits is not None and target.stack is not None:
+            self.controller = AutoscaleController(
+                AutoscalePolicy(
+                    minimum=limits[0],
+                    maximum=limits[1],
+                    budget_s=options.budget_ms / 1000,
+                    percentile=options.percentile,
+                )
+            )
+        self.server_reader: ServerStatsReader | None = None
+        if target.stack is not None or options.server_urls:
+            self.server_reader = ServerStatsReader(
+                options.server_urls,
+                options.model,
+                protocol="grpc" if target.stack is not None else options.protocol,
+            )
+        self.tasks: list[asyncio.Future[None]] = []
+
+    @property
+    def delayed(self) -> int:
+        return self.open_loop.delayed if self.open_loop is not None else 0
+
+    def start_background(self) -> None:
+        if self.server_reader is not None:
+            urls = self._stack_instance_urls if self.target.stack is not None else None
+            self.tasks.append(
+                asyncio.ensure_future(
+                    poll_server_statistics(
+                        self.server_reader,
+                        self.statistics,
+                        interval_s=SERVER_STATS_INTERVAL_S,
+                        urls=urls,
+                    )
+                )
+            )
+        if self.controller is not None:
+            self.tasks.append(asyncio.ensure_future(self._autoscale()))
+
+    async def stop_background(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server_reader is not None:
+            # A last reading, so the run's split covers its final requests.
+            with contextlib.suppress(Exception):
+                self.statistics.record_server(await self.server_reader.read())
+            await self.server_reader.close()
+
+    async def _stack_instance_urls(self) -> list[str]:
+        stack = self.target.stack
+        assert stack is not None
+        states = await asyncio.to_thread(stack.states)
+        return [f"127.0.0.1:{s.grpc_port}" for s in states if s.state in ("ready", "draining")]
+
+    async def _autoscale(self) -> None:
+        stack, controller = self.target.stack, self.controller
+        assert stack is not None and controller is not None
+        percentile = controller.policy.percentile
+        while True:
+            await asyncio.sleep(AUTOSCALE_INTERVAL_S)
+            states = await asyncio.to_thread(stack.states)
+            ready = sum(1 for s in states if s.state == "ready")
+            target = getattr(stack, "target_instances", None)
+            latency = self.statistics.recent_latency(percentile, AUTOSCALE_WINDOW_S)
+            decision = controller.observe(
+                time.monotonic(),
+                None if math.isnan(latency) else latency,
+                ready,
+                target_instances=target if isinstance(target, int) else None,
+            )
+            if decision is None:
+                continue
+            print(
+                f"{_clear_line(self.out)}Autoscale at {decision.at - self.statistics.started_at:.1f} s: "
+                f"{decision.reason}",
+                file=self.out,
+                flush=True,
+            )
+            try:
+                # LocalStack.scale_to returns at once; the stack's supervisor does the work.
+                scalable: Any = stack
+                await asyncio.to_thread(scalable.scale_to, decision.target)
+            except Exception as error:  # the stack says why; the run goes on with what it has
+                print(f"Autoscale: the stack could not scale: {error}", file=self.out, flush=True)
+
+
+async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: Any) -> int:
     try:
         image_set = load_images(options.images_dir, labels=options.class_names())
     except NoImagesError as error:
@@ -43,11 +166,13 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
     report_skipped(image_set.problems, err, "flowerdemo")
     images = image_set.images
 
-    with server_url(options, err) as url:
-        if url is None:
+    with serving_target(options, err, stack_settings) as target:
+        if target is None:
             return 2
+        url = target.url
         engine = InferenceEngine(options.engine_settings(url), [image.image for image in images])
-        statistics = RunStatistics(budget_s=options.budget_ms / 1000, percentile=options.percentile)
+        run = _Run(options, target, out)
+        statistics = run.statistics
         engine.add_sink(statistics.record)
         try:
             try:
@@ -57,30 +182,47 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO) -> int:
                 return 2
             print(f"Connected to {url} ({options.protocol}): {spec.describe()}", file=out)
             statistics.reset()
-            if options.mode == "auto":
-                await _run_automatic(engine, statistics, options, out)
-            else:
-                await _classify_each(engine, images, out)
+            run.start_background()
+            try:
+                if options.mode == "auto":
+                    await _run_automatic(engine, run, len(images))
+                else:
+                    await _classify_each(engine, images, out)
+            finally:
+                await run.stop_background()
         finally:
             await engine.close()
-        snapshot = statistics.snapshot(in_flight=engine.in_flight)
+        snapshot = statistics.snapshot(in_flight=engine.in_flight, delayed=run.delayed)
         _print_summary(snapshot, options, out)
+        if run.controller is not None:
+            _print_decisions(run.controller, statistics.started_at, target, out)
+        if options.admin is not None:
+            _print_admin(options.admin, out)
         if options.report is not None:
-            _write_report(options, snapshot)
+            _write_report(options, snapshot, run)
             print(f"Report written to {options.report}", file=out)
         return 0 if snapshot.failed == 0 and snapshot.answered > 0 else 1
 
 
-async def _run_automatic(
-    engine: InferenceEngine, statistics: RunStatistics, options: RunOptions, out: TextIO
-) -> None:
+async def _run_automatic(engine: InferenceEngine, run: _Run, image_count: int) -> None:
+    options, out = run.options, run.out
     loop = asyncio.get_running_loop()
+    if options.request_rate is not None:
+        run.open_loop = OpenLoopLoad(
+            engine, options.request_rate, image_count, poisson=options.poisson
+        )
+        open_loop = run.open_loop
+        stop = open_loop.stop
+        load = open_loop.run(duration_s=options.duration_s)
+    else:
+        stop = engine.stop
+        load = engine.run_automatic(options.concurrency, duration_s=options.duration_s)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         # Ctrl-C ends the run the normal way: outstanding requests still finish and are counted.
-        loop.add_signal_handler(signal.SIGINT, engine.stop)
-    reporter = asyncio.ensure_future(_report_status(engine, statistics, out))
+        loop.add_signal_handler(signal.SIGINT, stop)
+    reporter = asyncio.ensure_future(_report_status(engine, run))
     try:
-        await engine.run_automatic(options.concurrency, duration_s=options.duration_s)
+        await load
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -91,17 +233,22 @@ async def _run_automatic(
             print(file=out)
 
 
-async def _report_status(engine: InferenceEngine, statistics: RunStatistics, out: TextIO) -> None:
+async def _report_status(engine: InferenceEngine, run: _Run) -> None:
+    out = run.out
     interactive = out.isatty()
     ticks = 0
     while True:
         await asyncio.sleep(STATUS_INTERVAL_S)
         ticks += 1
-        line = status_line(statistics.snapshot(in_flight=engine.in_flight))
+        line = status_line(run.statistics.snapshot(in_flight=engine.in_flight, delayed=run.delayed))
         if interactive:
             print(f"\r{line}\x1b[K", end="", file=out, flush=True)
         elif ticks % 4 == 0:  # a log file gets one line every two seconds
             print(line, file=out, flush=True)
+
+
+def _clear_line(out: TextIO) -> str:
+    return "\r\x1b[K" if out.isatty() else ""
 
 
 async def _classify_each(
@@ -154,6 +301,21 @@ def _print_summary(snapshot: StatsSnapshot, options: RunOptions, out: TextIO) ->
         f"{verdict} the budget; Goodput {_percent(snapshot.run_goodput).strip()} of answers within it",
         file=out,
     )
+    server = snapshot.run_server
+    if server is not None:
+        print(
+            f"Server side ({server.servers} instance(s), {server.requests} requests): "
+            f"queue {_ms(server.queue_s).strip()}, compute input {_ms(server.compute_input_s).strip()}, "
+            f"infer {_ms(server.compute_infer_s).strip()}, output {_ms(server.compute_output_s).strip()}",
+            file=out,
+        )
+    if options.request_rate is not None:
+        shape = "Poisson" if options.poisson else "constant"
+        print(
+            f"Open loop: {options.request_rate:g} requests/s ({shape}); "
+            f"{snapshot.delayed} sent later than scheduled",
+            file=out,
+        )
     for line in instance_lines(snapshot):
         print(line, file=out)
     for kind, count in sorted(snapshot.errors_by_kind.items()):
@@ -182,11 +344,63 @@ def _percent(share: float) -> str:
     return "  -  " if math.isnan(share) else f"{share * 100:4.1f}%"
 
 
-def _write_report(options: RunOptions, snapshot: StatsSnapshot) -> None:
+def _print_decisions(
+    controller: AutoscaleController, started_at: float, target: ServerTarget, out: TextIO
+) -> None:
+    decisions = controller.decisions
+    ready = "?"
+    if target.stack is not None:
+        ready = str(sum(1 for s in target.stack.states() if s.state == "ready"))
+    print(
+        f"Autoscale {controller.policy.minimum}:{controller.policy.maximum}: "
+        f"{len(decisions)} decision(s), {ready} instance(s) ready at the end",
+        file=out,
+    )
+    for decision in decisions:
+        print(
+            f"  {decision.at - started_at:7.1f} s  {decision.before} -> {decision.target}  "
+            f"{decision.reason}",
+            file=out,
+        )
+
+
+def _print_admin(admin: str, out: TextIO) -> None:
+    """Each upstream host as Envoy's admin interface sees it (a stack this run may not own)."""
+    try:
+        from flowerdemo.serving.admin import read_upstream_hosts
+
+        hosts = read_upstream_hosts(admin, 2.0)
+    except Exception as error:  # the admin interface is optional: say why and go on
+        print(
+            f"Envoy admin at {admin}: no instance list ({clean_server_text(str(error))})", file=out
+        )
+        return
+    print(f"Envoy admin at {admin}: {len(hosts)} upstream host(s)", file=out)
+    for host in hosts:
+        name = clean_server_text(str(getattr(host, "instance", None) or "-"))
+        flags = clean_server_text(str(getattr(host, "health_flags", "") or ""))
+        health = "healthy" if getattr(host, "healthy", False) else f"UNHEALTHY {flags}".strip()
+        print(
+            f"  {clean_server_text(str(host.address)):<22} {name:<12} {health:<20} "
+            f"requests {getattr(host, 'rq_total', '?')} (errors {getattr(host, 'rq_error', '?')})",
+            file=out,
+        )
+
+
+def _write_report(options: RunOptions, snapshot: StatsSnapshot, run: _Run) -> None:
     assert options.report is not None
     options.report.parent.mkdir(parents=True, exist_ok=True)
     if options.report.suffix.lower() == ".csv":
-        write_perf_analyzer_csv(options.report, [perf_analyzer_row(options.concurrency, snapshot)])
+        write_perf_analyzer_csv(
+            options.report,
+            [
+                perf_analyzer_row(
+                    0 if options.request_rate is not None else options.concurrency,
+                    snapshot,
+                    request_rate=options.request_rate,
+                )
+            ],
+        )
     else:
         settings = {
             "url": options.url or "local stack",
@@ -196,8 +410,19 @@ def _write_report(options: RunOptions, snapshot: StatsSnapshot) -> None:
             "concurrency": options.concurrency,
             "batch_size": options.batch_size,
             "topk": options.topk,
+            "request_rate": options.request_rate,
+            "poisson": options.poisson,
+            "budget_ms": options.budget_ms,
+            "percentile": options.percentile,
+            "autoscale": options.autoscale_limits(),
         }
-        write_json_report(options.report, snapshot, settings)
+        extra: dict[str, Any] = {}
+        if run.controller is not None:
+            extra["autoscale_decisions"] = [
+                {**asdict(d), "at": d.at - run.statistics.started_at}
+                for d in run.controller.decisions
+            ]
+        write_json_report(options.report, snapshot, settings, extra=extra)
 
 
 def _ms(seconds: float) -> str:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from flowerdemo.core.engine import PROTOCOLS, EngineSettings, TransportName
+from flowerdemo.core.engine import (
+    PROTOCOLS,
+    ConnectError,
+    EngineSettings,
+    TransportName,
+    check_url,
+)
 from flowerdemo.core.images import read_labels
 from flowerdemo.core.preprocess import (
     RESIZE_MODES,
@@ -47,6 +55,15 @@ class RunOptions:
     percentile: int = DEFAULT_PERCENTILE
     """The verdict percentile: the latency the budget, the badge and the summary judge by."""
     instances: int = DEFAULT_LOCAL_INSTANCES
+    request_rate: float | None = None
+    """Open loop: send this many requests per second in auto mode instead of keeping
+    `concurrency` outstanding."""
+    poisson: bool = False
+    """Open loop with exponential gaps between requests (a Poisson process)."""
+    autoscale: str | None = None
+    """`MIN:MAX` (or `MIN:`): hold the budget by scaling the embedded stack (see autoscale_limits)."""
+    server_urls: tuple[str, ...] = ()
+    """HOST:PORT of each instance behind a remote balancer, for the servers' own timing split."""
     admin: str | None = None
     """HOST:PORT of the Envoy admin interface of a remote stack: its instances in the window."""
     fullscreen: bool = False
@@ -58,6 +75,25 @@ class RunOptions:
     @property
     def images_dir(self) -> Path:
         return self.images or sample_images_dir()
+
+    def autoscale_limits(self) -> tuple[int, int] | None:
+        """(minimum, maximum) instances from `--autoscale MIN:MAX`; MAX left out is the number of
+        cores (one CPU instance per core). Raises ValueError with a sentence for bad text."""
+        if self.autoscale is None:
+            return None
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d*)\s*", self.autoscale)
+        if not match:
+            raise ValueError(
+                f"--autoscale takes MIN:MAX instances (e.g. 1:4, or 1: for up to one per core), "
+                f"not '{self.autoscale}'"
+            )
+        minimum = int(match.group(1))
+        maximum = int(match.group(2)) if match.group(2) else max(os.cpu_count() or 1, minimum)
+        if minimum < 1 or maximum < minimum:
+            raise ValueError(
+                f"--autoscale {self.autoscale}: MIN must be at least 1 and MAX not below MIN"
+            )
+        return minimum, maximum
 
     def class_names(self) -> tuple[str, ...]:
         """Names for the client-side labels fallback and for ground truth from folder names."""
@@ -133,6 +169,32 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="Triton instances of the local stack (only without --url)",
     )
     parser.add_argument(
+        "--request-rate",
+        type=float,
+        metavar="R",
+        help="auto mode as an open loop: send R requests per second whatever the answers do "
+        "(as perf_analyzer's --request-rate-range) instead of keeping --concurrency outstanding",
+    )
+    parser.add_argument(
+        "--poisson",
+        action="store_true",
+        help="with --request-rate: exponential gaps between requests instead of a constant rate",
+    )
+    parser.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="hold the latency budget by adding and removing instances of the local stack "
+        "(only without --url); MAX defaults to the number of cores",
+    )
+    parser.add_argument(
+        "--server-url",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an instance behind a remote balancer (repeat, or separate with commas): its own "
+        "queue and compute times are read for the report (the local stack's are known)",
+    )
+    parser.add_argument(
         "--admin",
         metavar="HOST:PORT",
         help="Envoy admin interface of a stack this app did not start: the window's Instances "
@@ -173,6 +235,12 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         budget_ms=args.budget_ms,
         percentile=args.percentile,
         instances=args.instances,
+        request_rate=args.request_rate,
+        poisson=args.poisson,
+        autoscale=args.autoscale,
+        server_urls=tuple(
+            url.strip() for item in args.server_url for url in item.split(",") if url.strip()
+        ),
         admin=args.admin,
         fullscreen=args.fullscreen,
         headless=args.headless,
@@ -200,6 +268,27 @@ def validate_options(options: RunOptions) -> list[str]:
         problems.append(f"--idle-minutes must be positive, not {options.idle_minutes}")
     if options.instances < 1:
         problems.append(f"--instances must be at least 1, not {options.instances}")
+    if options.request_rate is not None and not 0 < options.request_rate <= 100_000:
+        problems.append(
+            f"--request-rate must be above 0 and at most 100000 per second, not {options.request_rate}"
+        )
+    if options.poisson and options.request_rate is None:
+        problems.append("--poisson shapes --request-rate: give a rate too")
+    try:
+        limits = options.autoscale_limits()
+    except ValueError as error:
+        problems.append(str(error))
+        limits = None
+    if limits is not None and options.url is not None:
+        problems.append(
+            "--autoscale changes the instances of the local stack this run starts: leave out "
+            "--url (a stack started with 'flowerdemo serve' scales itself with its own --autoscale)"
+        )
+    for url in options.server_urls:
+        try:
+            check_url(url)
+        except ConnectError as error:
+            problems.append(f"--server-url: {error}")
     if options.labels is not None and not options.labels.is_file():
         problems.append(f"labels file {options.labels} does not exist")
     if options.report is not None and options.report.suffix.lower() not in (".json", ".csv"):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import os
+
+import pytest
 
 from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.stats import RunStatistics
 from flowerdemo.headless import instance_lines, run_headless
-from flowerdemo.options import RunOptions
+from flowerdemo.options import RunOptions, validate_options
 
 
 def test_instance_lines_name_each_instance_with_its_share_and_latencies():
@@ -46,3 +50,48 @@ def test_json_report_of_a_real_run_carries_instances_and_goodput(local_stack, tm
     assert statistics["percentile"] == 90
     assert statistics["run_goodput"] == 1.0  # a 10 s budget holds every answer
     assert "Goodput" in out.getvalue()
+
+
+def test_open_loop_run_on_the_embedded_stack_reports_the_servers_split(stack_settings, tmp_path):
+    report = tmp_path / "run.csv"
+    options = RunOptions(
+        url=None,
+        mode="auto",
+        request_rate=30.0,
+        duration_s=2.5,
+        report=report,
+        budget_ms=10_000.0,
+    )
+    out = io.StringIO()
+    code = run_headless(options, out=out, err=io.StringIO(), stack_settings=stack_settings(2))
+    assert code == 0, out.getvalue()
+    with report.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["Request Rate"]) == 30.0 and row["Concurrency"] == "0"
+    assert int(row["Delayed Requests"]) >= 0
+    # Read from both instances of the stack this run started, never 0 where it is known.
+    for column in ("Server Queue", "Server Compute Input", "Server Compute Infer"):
+        assert int(row[column]) > 0, column
+    assert row["Client Send"] == ""
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"url": "127.0.0.1:1", "autoscale": "1:4"}, "leave out --url"),
+        ({"autoscale": "4:1"}, "MAX not below MIN"),
+        ({"autoscale": "many"}, "--autoscale takes MIN:MAX"),
+        ({"poisson": True}, "give a rate too"),
+        ({"request_rate": 0.0}, "--request-rate must be above 0"),
+        ({"server_urls": ("nohost",)}, "--server-url"),
+    ],
+)
+def test_bad_measurement_options_are_explained(changes, message):
+    options = RunOptions(**{"url": None, **changes})
+    problems = validate_options(options)
+    assert any(message in problem for problem in problems), problems
+
+
+def test_autoscale_maximum_defaults_to_the_cores():
+    assert RunOptions(url=None, autoscale="1:").autoscale_limits() == (1, os.cpu_count() or 1)
+    assert RunOptions(url=None, autoscale="2:3").autoscale_limits() == (2, 3)

@@ -540,8 +540,16 @@ def write_perf_analyzer_csv(path: Path, rows: Iterable[CsvRow]) -> None:
             writer.writerow(row)
 
 
-def write_json_report(path: Path, snapshot: StatsSnapshot, settings: dict[str, Any]) -> None:
+def write_json_report(
+    path: Path,
+    snapshot: StatsSnapshot,
+    settings: dict[str, Any],
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """The run's settings and statistics, and any `extra` sections (e.g. autoscale decisions)."""
     report = {"settings": _json_safe(settings), "statistics": snapshot.to_dict()}
+    report.update({key: _json_safe(value) for key, value in (extra or {}).items()})
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
