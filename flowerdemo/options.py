@@ -17,6 +17,7 @@ from flowerdemo.core.engine import (
     check_url,
 )
 from flowerdemo.core.images import read_labels
+from flowerdemo.core.model_spec import WIRE_CHOICES, WireChoice
 from flowerdemo.core.preprocess import (
     RESIZE_MODES,
     SCALINGS,
@@ -48,7 +49,9 @@ class RunOptions:
     report: Path | None = None
     images: Path | None = None
     labels: Path | None = None
-    scaling: Scaling = "inception"
+    scaling: Scaling | None = None
+    """None: the scaling the model states (raw pixels for UINT8 and JPEG inputs)."""
+    wire: WireChoice = "fp32"
     resize: ResizeMode = "crop"
     timeout_s: float = 10.0
     budget_ms: float = DEFAULT_BUDGET_MS
@@ -110,6 +113,7 @@ class RunOptions:
             request_timeout_s=self.timeout_s,
             preprocess=PreprocessOptions(scaling=self.scaling, resize=self.resize),
             fallback_labels=self.class_names(),
+            wire=self.wire,
         )
 
 
@@ -145,7 +149,20 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels", type=Path, help="class names, one a line (default: the bundled ones)"
     )
-    parser.add_argument("--scaling", choices=SCALINGS, default="inception")
+    parser.add_argument(
+        "--scaling",
+        choices=SCALINGS,
+        default=None,
+        help="pixel scaling for a float input (default: what the model's config states, else "
+        "inception; UINT8 and JPEG inputs take raw pixels, the server scales them)",
+    )
+    parser.add_argument(
+        "--wire",
+        choices=WIRE_CHOICES,
+        default="fp32",
+        help="how images travel: fp32 tensors (the model as named), uint8 raw pixels or jpeg "
+        "bytes (the server's MODEL_uint8 / MODEL_jpeg variants), auto: the smallest offered",
+    )
     parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
@@ -230,6 +247,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         images=args.images,
         labels=args.labels,
         scaling=args.scaling,
+        wire=args.wire,
         resize=args.resize,
         timeout_s=args.timeout,
         budget_ms=args.budget_ms,

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from flowerdemo.core.model_spec import ModelSpecError, parse_model_spec
+from flowerdemo.core.model_spec import ModelSpecError, check_wire, parse_model_spec, wire_model_name
 
 # What tritonclient.grpc returns with as_json=True: int64 as strings, config wrapped, defaults left out.
 GRPC_METADATA = {
@@ -118,7 +118,7 @@ def _broken(change):
         ),
         (
             lambda m, c: m["inputs"][0].update(datatype="INT64"),
-            r"input 'input': expected datatype FP32, FP16 or UINT8, found INT64",
+            r"input 'input': expected datatype FP32, FP16, UINT8 or BYTES, found INT64",
         ),
         (
             lambda m, c: m["outputs"][0].update(datatype="BYTES"),
@@ -167,3 +167,78 @@ def test_declared_format_wins_over_the_guess():
         ModelSpecError, match=r"expected 1 or 3 colour channels in NCHW layout, found 5"
     ):
         parse_model_spec(*_broken(declare_nchw_with_five_channels))
+
+
+# ---- wire variants: UINT8 and encoded-image (BYTES) inputs ---------------------------------------
+def _variant(name, datatype, shape, config_input, parameters):
+    metadata = copy.deepcopy(GRPC_METADATA)
+    metadata["name"] = name
+    metadata["inputs"][0].update(datatype=datatype, shape=shape)
+    config = copy.deepcopy(GRPC_CONFIG)
+    config["config"]["name"] = name
+    config["config"]["input"][0].update(config_input)
+    config["config"]["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
+    return metadata, config
+
+
+def test_the_uint8_variant_states_raw_pixels_and_the_network_scaling():
+    spec = parse_model_spec(
+        *_variant(
+            "flowers_uint8",
+            "UINT8",
+            ["-1", "224", "224", "3"],
+            {"data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": ["224", "224", "3"]},
+            {"flowerdemo_scaling": "inception", "flowerdemo_input": "uint8"},
+        )
+    )
+    assert (spec.layout, spec.input_dtype, spec.wire) == ("NHWC", "UINT8", "uint8")
+    assert spec.stated_scaling == "inception"
+    assert spec.input_shape(2) == [2, 224, 224, 3]
+
+
+def test_the_jpeg_variant_is_one_encoded_image_per_row():
+    spec = parse_model_spec(
+        *_variant(
+            "flowers_jpeg",
+            "BYTES",
+            ["-1", "1"],
+            {"data_type": "TYPE_STRING", "dims": ["1"]},
+            {"flowerdemo_image_height": "200", "flowerdemo_image_width": "180"},
+        )
+    )
+    assert (spec.layout, spec.input_dtype, spec.wire) == ("ENCODED", "BYTES", "jpeg")
+    assert (spec.height, spec.width, spec.channels) == (200, 180, 3)
+    assert spec.input_shape(4) == [4, 1]
+    assert "encoded image" in spec.describe()
+    # A model that does not state its size (Triton's own ensemble example): the bundled size.
+    plain = parse_model_spec(
+        *_variant("other", "BYTES", ["-1", "1"], {"data_type": "TYPE_STRING", "dims": ["1"]}, {})
+    )
+    assert (plain.height, plain.width, plain.stated_scaling) == (224, 224, "")
+
+
+def test_a_bytes_input_that_is_not_one_image_per_row_is_refused():
+    with pytest.raises(ModelSpecError, match=r"one encoded image per row.*\[-1, 3\]"):
+        parse_model_spec(
+            *_variant("bad", "BYTES", ["-1", "3"], {"data_type": "TYPE_STRING", "dims": ["3"]}, {})
+        )
+
+
+def test_the_wire_picks_the_variant_by_name():
+    both = ["flowers", "flowers_jpeg", "flowers_uint8", "other"]
+    assert wire_model_name("flowers", "fp32", both) == "flowers"
+    assert wire_model_name("flowers", "uint8", both) == "flowers_uint8"
+    assert wire_model_name("flowers", "jpeg", both) == "flowers_jpeg"
+    assert wire_model_name("flowers", "auto", both) == "flowers_jpeg"
+    assert wire_model_name("flowers", "auto", ["flowers", "flowers_uint8"]) == "flowers_uint8"
+    assert wire_model_name("flowers", "auto", ["flowers"]) == "flowers"
+    with pytest.raises(ModelSpecError, match=r"no jpeg variant of model 'flowers'.*flowers_uint8"):
+        wire_model_name("flowers", "jpeg", ["flowers", "flowers_uint8"])
+
+
+def test_a_variant_whose_input_does_not_match_its_wire_is_refused():
+    fp32 = parse_model_spec(GRPC_METADATA, GRPC_CONFIG)
+    check_wire(fp32, "fp32")
+    check_wire(fp32, "auto")
+    with pytest.raises(ModelSpecError, match=r"chosen for the uint8 wire.*takes FP32"):
+        check_wire(fp32, "uint8")

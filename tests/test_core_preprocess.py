@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from flowerdemo.core.model_spec import ModelSpec
-from flowerdemo.core.preprocess import PreprocessOptions, TensorCache, fit, preprocess
+from flowerdemo.core.preprocess import (
+    PreprocessError,
+    PreprocessOptions,
+    TensorCache,
+    fit,
+    payload_bytes,
+    preprocess,
+    resolve_scaling,
+)
 
 SPEC = ModelSpec(
     name="m",
@@ -126,3 +135,71 @@ def test_cache_preprocesses_each_image_once_and_stacks_batches():
     assert unbatched.batch([0]).shape == (3, 2, 2)
     with pytest.raises(ValueError, match="does not batch"):
         unbatched.batch([0, 0])
+
+
+# ---- the preprocessing follows the model ---------------------------------------------------------
+UINT8_SPEC = dataclasses.replace(SPEC, input_dtype="UINT8", layout="NHWC")
+JPEG_SPEC = dataclasses.replace(SPEC, input_dtype="BYTES", layout="ENCODED", height=16, width=16)
+
+
+def test_a_uint8_input_takes_raw_pixels_without_being_told():
+    raw = preprocess(PHOTO, UINT8_SPEC, PreprocessOptions())
+    assert raw.dtype == np.uint8 and raw.shape == (2, 2, 3)
+    np.testing.assert_array_equal(raw, PIXELS)
+    # The server states the network's scaling: the client still sends raw pixels.
+    stated = dataclasses.replace(UINT8_SPEC, stated_scaling="inception")
+    np.testing.assert_array_equal(preprocess(PHOTO, stated, PreprocessOptions()), PIXELS)
+    assert resolve_scaling(stated, None) == "none"
+    assert resolve_scaling(stated, "none") == "none"
+
+
+def test_a_float_input_follows_the_stated_scaling_and_an_explicit_flag_wins():
+    vgg_model = dataclasses.replace(SPEC, stated_scaling="vgg")
+    followed = preprocess(PHOTO, vgg_model, PreprocessOptions())
+    np.testing.assert_allclose(followed[:, 0, 0], [0 - 123.0, 10 - 117.0, 20 - 104.0])
+    explicit = preprocess(PHOTO, vgg_model, PreprocessOptions(scaling="none"))
+    np.testing.assert_array_equal(explicit[:, 0, 0], [0.0, 10.0, 20.0])
+    # Nothing stated: the bundled model's card (inception), as before.
+    assert resolve_scaling(SPEC, None) == "inception"
+
+
+@pytest.mark.parametrize("spec", [UINT8_SPEC, JPEG_SPEC], ids=["uint8", "jpeg"])
+@pytest.mark.parametrize("scaling", ["inception", "vgg", "imagenet"])
+def test_scaling_pixels_for_a_raw_input_is_a_clear_error(spec, scaling):
+    with pytest.raises(PreprocessError) as caught:
+        TensorCache([PHOTO], spec, PreprocessOptions(scaling=scaling))
+    message = str(caught.value)
+    assert f"--scaling {scaling} contradicts model 'm'" in message
+    assert spec.input_dtype in message and "\n" not in message
+
+
+def test_an_unknown_stated_scaling_asks_for_the_flag():
+    odd = dataclasses.replace(SPEC, stated_scaling="yuv-magic")
+    with pytest.raises(PreprocessError, match=r"'yuv-magic'.*pass --scaling explicitly"):
+        resolve_scaling(odd, None)
+    assert resolve_scaling(odd, "none") == "none"
+
+
+def test_an_encoded_input_gets_the_fitted_photo_as_jpeg_bytes():
+    photo = Image.fromarray(np.tile(PIXELS, (20, 40, 1)), "RGB")  # 80 x 40
+    cache = TensorCache([photo, photo], JPEG_SPEC, PreprocessOptions())
+    tensor = cache.tensor(0)
+    assert tensor.dtype == np.object_ and tensor.shape == (1,)
+    decoded = Image.open(io.BytesIO(tensor[0]))
+    assert decoded.format == "JPEG" and decoded.size == (16, 16)
+    batch = cache.batch([0, 1])
+    assert batch.shape == (2, 1) and batch[1, 0] == tensor[0]
+    # BYTES elements travel length-prefixed: 4 bytes each on top of the data.
+    assert cache.request_bytes([0, 1]) == 2 * (4 + len(tensor[0]))
+    assert payload_bytes(tensor) == 4 + len(tensor[0])
+
+
+def test_bytes_per_request_of_each_wire_at_the_bundled_size():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
+    size = {"height": 224, "width": 224}
+    fp32 = TensorCache([photo], dataclasses.replace(SPEC, **size), PreprocessOptions())
+    uint8 = TensorCache([photo], dataclasses.replace(UINT8_SPEC, **size), PreprocessOptions())
+    jpeg = TensorCache([photo], dataclasses.replace(JPEG_SPEC, **size), PreprocessOptions())
+    assert fp32.mean_request_bytes(2) == 2 * 3 * 224 * 224 * 4
+    assert uint8.mean_request_bytes(1) == 3 * 224 * 224
+    assert 0 < jpeg.mean_request_bytes(1) < uint8.mean_request_bytes(1)

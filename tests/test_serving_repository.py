@@ -174,3 +174,67 @@ def test_options_out_of_range(model_dir):
         render_config(info, RepositoryOptions(instance_kind="tpu"), flavour="python")
     with pytest.raises(RepositoryError, match="repository flavour 'pytorch'"):
         render_config(info, RepositoryOptions(), flavour="pytorch")
+
+
+def test_python_flavour_writes_the_uint8_and_jpeg_variants(model_dir, tmp_path):
+    written = write_repository(
+        model_dir / "flowers.onnx", model_dir / "labels.txt", tmp_path / "repo"
+    )
+    assert written.model_names == ("flowers", "flowers_uint8", "flowers_jpeg")
+    network = (tmp_path / "repo" / "flowers" / "config.pbtxt").read_text()
+    assert 'key: "flowerdemo_scaling" value: { string_value: "inception" }' in network
+    assert "flowerdemo_input" not in network
+    for name in ("flowers_uint8", "flowers_jpeg"):
+        variant = tmp_path / "repo" / name
+        assert sorted(p.relative_to(variant).as_posix() for p in variant.rglob("*")) == [
+            "1",
+            "1/model.onnx",
+            "1/model.py",
+            "config.pbtxt",
+            "labels.txt",
+        ]
+        assert (variant / "1" / "model.onnx").read_bytes() == (
+            model_dir / "flowers.onnx"
+        ).read_bytes()
+    uint8 = (tmp_path / "repo" / "flowers_uint8" / "config.pbtxt").read_text()
+    for expected in (
+        'name: "flowers_uint8"',
+        "data_type: TYPE_UINT8",
+        "format: FORMAT_NHWC",
+        "dims: [ 224, 224, 3 ]",
+        'label_filename: "labels.txt"',
+        'key: "flowerdemo_input" value: { string_value: "uint8" }',
+        'key: "flowerdemo_onnx_layout" value: { string_value: "NCHW" }',
+        'key: "flowerdemo_scaling" value: { string_value: "inception" }',
+    ):
+        assert expected in uint8, expected
+    jpeg = (tmp_path / "repo" / "flowers_jpeg" / "config.pbtxt").read_text()
+    for expected in (
+        'name: "flowers_jpeg"',
+        "data_type: TYPE_STRING",
+        "dims: [ 1 ]",
+        'key: "flowerdemo_input" value: { string_value: "jpeg" }',
+        'key: "flowerdemo_image_height" value: { string_value: "224" }',
+        'key: "flowerdemo_image_width" value: { string_value: "224" }',
+    ):
+        assert expected in jpeg, expected
+
+    only_fp32 = write_repository(
+        model_dir / "flowers.onnx",
+        model_dir / "labels.txt",
+        tmp_path / "plain",
+        RepositoryOptions(wires=("fp32",), scaling="vgg"),
+    )
+    assert only_fp32.model_names == ("flowers",)
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["flowers"]
+    assert 'string_value: "vgg"' in (only_fp32.model_dir / "config.pbtxt").read_text()
+
+
+def test_wire_options_out_of_range(model_dir):
+    info = inspect_onnx(model_dir / "flowers.onnx")
+    with pytest.raises(RepositoryError, match="scaling 'sepia'"):
+        RepositoryOptions(scaling="sepia").check()
+    with pytest.raises(RepositoryError, match="must include 'fp32'"):
+        RepositoryOptions(wires=("jpeg",)).check()
+    with pytest.raises(RepositoryError, match="serves only fp32"):
+        render_config(info, RepositoryOptions(), flavour="onnx", wire="uint8")

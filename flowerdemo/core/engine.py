@@ -28,8 +28,15 @@ from flowerdemo.core.events import (
     InferenceEvent,
     RequestError,
 )
-from flowerdemo.core.model_spec import ModelSpec, ModelSpecError, parse_model_spec
-from flowerdemo.core.preprocess import PreprocessOptions, TensorCache
+from flowerdemo.core.model_spec import (
+    ModelSpec,
+    ModelSpecError,
+    WireChoice,
+    check_wire,
+    parse_model_spec,
+    wire_model_name,
+)
+from flowerdemo.core.preprocess import PreprocessError, PreprocessOptions, TensorCache
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.core.transport import (
     PROTOCOLS,
@@ -90,6 +97,9 @@ class EngineSettings:
     """TLS to the server (None: plain, unless the URL says https://)."""
     headers: tuple[tuple[str, str], ...] = ()
     """Sent with every call (e.g. ("Authorization", "Bearer ...")): gRPC metadata or HTTP headers."""
+    wire: WireChoice = "fp32"
+    """How images travel: fp32 is the model as named; uint8 / jpeg its variants
+    `<model>_uint8` / `<model>_jpeg`; auto the smallest variant the server lists."""
 
 
 class ConnectError(RuntimeError):
@@ -267,7 +277,7 @@ class InferenceEngine:
                     f"(--protocol grpc|http) are right; the default local stack listens on "
                     f"{DEFAULT_URL} (gRPC) and {DEFAULT_HTTP_URL} (HTTP)."
                 ) from error
-            model = settings.model_name
+            model = await self._model_for_wire(where, deadline)
             try:
                 ready = await transport.is_model_ready(model, settings.model_version, deadline)
             except Exception as error:
@@ -305,10 +315,15 @@ class InferenceEngine:
                     f"drive: {clean_server_text(error, 1000)}"
                 ) from error
             self._check_settings_against(spec)
+            try:
+                check_wire(spec, settings.wire)
+                cache = TensorCache(self._images, spec, settings.preprocess)
+            except (ModelSpecError, PreprocessError) as error:
+                # Quotes the model's and its input's names: server text.
+                raise ConnectError(clean_server_text(error, 1000)) from error
         except BaseException:
             await self._close_transport()
             raise
-        cache = TensorCache(self._images, spec, settings.preprocess)
         await asyncio.to_thread(cache.prepare_all)
         self._spec, self._cache, self._prepared = spec, cache, {}
         return spec
@@ -332,6 +347,23 @@ class InferenceEngine:
                 f"the labels file has {len(labels)} names but model '{spec.name}' has "
                 f"{spec.num_classes} classes"
             )
+
+    async def _model_for_wire(self, where: str, deadline: float) -> str:
+        settings = self.settings
+        if settings.wire == "fp32":
+            return settings.model_name
+        available = await self._model_names_or_none(deadline) or []
+        try:
+            return wire_model_name(settings.model_name, settings.wire, available)
+        except ModelSpecError as error:
+            raise ConnectError(clean_server_text(f"The {where}: {error}", 1000)) from error
+
+    def mean_request_bytes(self) -> float:
+        """The average input payload of one request at the configured batch size (0 if unknown)."""
+        cache = self._cache
+        if cache is None:
+            return 0.0
+        return cache.mean_request_bytes(self.settings.batch_size if cache.spec.batches else 1)
 
     async def model_names(self) -> list[str]:
         """The server's model repository, for a model chooser (empty when unknown)."""

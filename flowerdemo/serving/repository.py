@@ -9,11 +9,30 @@ Three flavours of the same model:
   (see `trtexec_command`) on the GPU that will run it.
 
 Every flavour's output names `label_filename`, so a client asking for `class_count=k` gets
-"score:index:label" strings (Triton's classification extension).
+"score:index:label" strings (Triton's classification extension). Every config states the
+network's pixel scaling as the parameter `flowerdemo_scaling`, which the client follows.
+
+Wire variants (python flavour): beside `<model>` (the network's own input, FP32 NCHW for the
+bundled model, still the default) the repository offers `<model>_uint8` (raw RGB pixels, UINT8
+NHWC [H, W, 3] after the client's resize and crop, scaled on the server: a quarter of the bytes)
+and `<model>_jpeg` (one encoded image per row, BYTES [1], decoded, resized and scaled on the
+server: about 1/40 of the bytes at the client's JPEG quality). Why separate models, each one
+Python-backend model that converts its input and runs the ONNX file in the same process:
+- a client and perf_analyzer see an ordinary one-input classifier, validated as any other, and
+  the variant is chosen by name (`--wire` maps to `<model>_<wire>`);
+- no ensemble hop: Triton's ensemble (preprocess model -> network model) would copy the FP32
+  tensor through the stubs' shared memory once more per request, which costs more than the
+  bytes saved on a loopback;
+- one model with several optional inputs would split dynamic batches by which input is set and
+  break the one-input contract every Triton image client assumes.
+The price is one more ONNX Runtime session and stub process per variant (about 60 MB each for
+the bundled model) per Triton instance. The onnx and tensorrt flavours write the network model
+only.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from dataclasses import dataclass
@@ -21,6 +40,11 @@ from importlib import resources
 from pathlib import Path
 
 FLAVOURS = ("python", "onnx", "tensorrt")
+WIRES = ("fp32", "uint8", "jpeg")
+"""fp32: the network's own input (whatever its data type); uint8 and jpeg: the variants."""
+SCALINGS = ("none", "inception", "vgg", "imagenet")
+# The variants' config names (the parameters the client reads are in flowerdemo.core.model_spec).
+SCALING_PARAMETER = "flowerdemo_scaling"
 LABELS_FILE_NAME = "labels.txt"
 TRITON_MODEL_TEMPLATE = "triton_model.py"
 
@@ -86,6 +110,10 @@ class RepositoryOptions:
     # Serve the newest `num_versions` versions found in the model folder.
     num_versions: int = 1
     version: int = 1
+    # The network's pixel scaling (the bundled model's card: inception), stated in every config.
+    scaling: str = "inception"
+    # Which wire formats to serve; the python flavour writes `<model>_<wire>` for each variant.
+    wires: tuple[str, ...] = WIRES
 
     def check(self) -> None:
         if not self.model_name or "/" in self.model_name or self.model_name.startswith("."):
@@ -108,6 +136,13 @@ class RepositoryOptions:
             )
         if self.intra_op_threads < 1 or self.num_versions < 1 or self.version < 1:
             raise RepositoryError("intra_op_threads, num_versions and version must be 1 or more")
+        if self.scaling not in SCALINGS:
+            raise RepositoryError(f"scaling {self.scaling!r}: must be one of {SCALINGS}")
+        unknown = [wire for wire in self.wires if wire not in WIRES]
+        if unknown or "fp32" not in self.wires:
+            raise RepositoryError(
+                f"wires {list(self.wires)}: must include 'fp32' and be among {list(WIRES)}"
+            )
 
 
 def _tensor_spec(node: object, where: Path, role: str) -> tuple[TensorSpec, bool]:
@@ -193,18 +228,45 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
+def variant_name(model_name: str, wire: str) -> str:
+    """The served name of `model_name` over `wire`: the model itself for fp32."""
+    return model_name if wire == "fp32" else f"{model_name}_{wire}"
+
+
+def _onnx_layout(info: OnnxModelInfo, options: RepositoryOptions) -> tuple[str, int, int, int]:
+    """(layout, channels, height, width) of the network's image input, for the variants."""
+    dims = info.input.dims
+    if len(dims) != 3:
+        raise RepositoryError(
+            f"model file {info.path}: input {info.input.name!r} has dims {list(dims)}; the uint8 "
+            "and jpeg variants need an image input [C, H, W] or [H, W, C]"
+        )
+    if options.input_format == "FORMAT_NHWC" or (
+        options.input_format == "FORMAT_NONE" and dims[-1] in (1, 3) and dims[0] not in (1, 3)
+    ):
+        return "NHWC", dims[2], dims[0], dims[1]
+    return "NCHW", dims[0], dims[1], dims[2]
+
+
 def render_config(
     info: OnnxModelInfo,
     options: RepositoryOptions,
     *,
     flavour: str,
+    wire: str = "fp32",
 ) -> str:
-    """The `config.pbtxt` text for `info` in the given flavour."""
+    """The `config.pbtxt` text for `info` in the given flavour, for one wire format."""
     if flavour not in FLAVOURS:
         raise RepositoryError(f"repository flavour {flavour!r}: must be one of {FLAVOURS}")
+    if wire not in WIRES or (wire != "fp32" and flavour != "python"):
+        raise RepositoryError(
+            f"wire {wire!r}: the {flavour} flavour serves only fp32"
+            if wire in WIRES
+            else f"wire {wire!r}: must be one of {WIRES}"
+        )
     options.check()
     max_batch_size = options.max_batch_size if info.batched else 0
-    lines = [f'name: "{options.model_name}"']
+    lines = [f'name: "{variant_name(options.model_name, wire)}"']
     if flavour == "python":
         lines.append('backend: "python"')
     elif flavour == "onnx":
@@ -213,13 +275,34 @@ def render_config(
         lines += ['platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
     lines.append(f"max_batch_size: {max_batch_size}")
     image_format = options.input_format if len(info.input.dims) == 3 else "FORMAT_NONE"
+    input_type, input_dims = info.input.data_type, info.input.dims
+    variant_parameters: list[str] = []
+    if wire != "fp32":
+        layout, channels, height, width = _onnx_layout(info, options)
+        variant_parameters = [
+            _parameter("flowerdemo_input", wire),
+            _parameter("flowerdemo_onnx_layout", layout),
+        ]
+        if wire == "uint8":
+            input_type, image_format, input_dims = "TYPE_UINT8", "FORMAT_NHWC", (height, width, 3)
+        else:
+            input_type, image_format, input_dims = "TYPE_STRING", "FORMAT_NONE", (1,)
+            variant_parameters += [
+                _parameter("flowerdemo_image_height", str(height)),
+                _parameter("flowerdemo_image_width", str(width)),
+            ]
+        if channels != 3:
+            raise RepositoryError(
+                f"model file {info.path}: the uint8 and jpeg variants need an RGB input, "
+                f"found {channels} channel(s)"
+            )
     lines += [
         "input [",
         "  {",
         f'    name: "{info.input.name}"',
-        f"    data_type: {info.input.data_type}",
+        f"    data_type: {input_type}",
         f"    format: {image_format}",
-        f"    dims: {_dims(info.input.dims)}",
+        f"    dims: {_dims(input_dims)}",
         "  }",
         "]",
         "output [",
@@ -246,10 +329,12 @@ def render_config(
         lines.append("    kind: KIND_CPU")
     lines += ["  }", "]"]
     lines += ["version_policy: {", f"  latest: {{ num_versions: {options.num_versions} }}", "}"]
+    lines.append(_parameter(SCALING_PARAMETER, options.scaling))
     if flavour == "python":
         lines += [
             _parameter("onnx_file", "model.onnx"),
             _parameter("intra_op_threads", str(options.intra_op_threads)),
+            *variant_parameters,
         ]
     return "\n".join(lines) + "\n"
 
@@ -268,6 +353,8 @@ class WrittenRepository:
     flavour: str
     # For "tensorrt": the command that builds `model.plan`; empty otherwise.
     build_command: tuple[str, ...] = ()
+    # Every model written, the network model first, then its wire variants (python flavour).
+    model_names: tuple[str, ...] = ()
 
 
 def write_repository(
@@ -279,7 +366,8 @@ def write_repository(
     flavour: str = "python",
     trtexec: str = "trtexec",
 ) -> WrittenRepository:
-    """Write `<root>/<model_name>/{config.pbtxt, labels.txt, <version>/...}`.
+    """Write `<root>/<model_name>/{config.pbtxt, labels.txt, <version>/...}`, and for the python
+    flavour the same for each wire variant `<model_name>_<wire>` in `options.wires`.
 
     Raises RepositoryError naming the file at fault when the model cannot be read, the labels
     do not match the output, or an option is out of range. Existing files of the same model are
@@ -300,10 +388,25 @@ def write_repository(
     (model_dir / LABELS_FILE_NAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
 
     build_command: tuple[str, ...] = ()
+    model_names = [options.model_name]
     if flavour == "python":
         shutil.copyfile(info.path, version_dir / "model.onnx")
         template = resources.files("flowerdemo.serving") / TRITON_MODEL_TEMPLATE
-        (version_dir / "model.py").write_text(template.read_text(encoding="utf-8"), "utf-8")
+        model_code = template.read_text(encoding="utf-8")
+        (version_dir / "model.py").write_text(model_code, "utf-8")
+        for wire in options.wires:
+            if wire == "fp32":
+                continue
+            name = variant_name(options.model_name, wire)
+            variant_version_dir = root / name / str(options.version)
+            variant_version_dir.mkdir(parents=True, exist_ok=True)
+            (root / name / "config.pbtxt").write_text(
+                render_config(info, options, flavour=flavour, wire=wire), encoding="utf-8"
+            )
+            (root / name / LABELS_FILE_NAME).write_text("\n".join(labels) + "\n", encoding="utf-8")
+            _link_or_copy(version_dir / "model.onnx", variant_version_dir / "model.onnx")
+            (variant_version_dir / "model.py").write_text(model_code, "utf-8")
+            model_names.append(name)
     elif flavour == "onnx":
         shutil.copyfile(info.path, version_dir / "model.onnx")
     else:
@@ -324,8 +427,22 @@ def write_repository(
             encoding="utf-8",
         )
     return WrittenRepository(
-        root=root, model_dir=model_dir, info=info, flavour=flavour, build_command=build_command
+        root=root,
+        model_dir=model_dir,
+        info=info,
+        flavour=flavour,
+        build_command=build_command,
+        model_names=tuple(model_names),
     )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """The variants share the network file: a hard link where the file system allows it."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def trtexec_command(

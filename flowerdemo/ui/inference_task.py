@@ -69,6 +69,8 @@ class Connection:
     url: str
     protocol: str
     spec: ModelSpec
+    request_bytes: float = 0.0
+    """The average input payload of one request (what the wire format costs)."""
 
 
 @dataclass(frozen=True)
@@ -453,7 +455,9 @@ class InferenceTask(QObject):
 
     async def _connected(self, engine: InferenceEngine, spec: ModelSpec) -> None:
         settings = engine.settings
-        self._connection = Connection(settings.url, settings.protocol, spec)
+        self._connection = Connection(
+            settings.url, settings.protocol, spec, engine.mean_request_bytes()
+        )
         self._set_state(TaskState.CONNECTED)
         self.sig_connected.emit(self._connection)
         if self._auto_wanted is not None:

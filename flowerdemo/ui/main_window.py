@@ -405,6 +405,8 @@ class MainWindow(QMainWindow):
             self._options.engine_settings(url),
             protocol=protocol,
             model_name=choice.model or self._options.model,
+            # --wire names a variant of --model: a model picked by name is taken as named.
+            wire=self._options.wire if choice.model in ("", self._options.model) else "fp32",
             topk=choice.topk,
             batch_size=choice.batch_size,
         )
@@ -478,6 +480,7 @@ class MainWindow(QMainWindow):
         layout = f"{spec.input_dtype} {spec.layout} {spec.channels}×{spec.height}×{spec.width}"
         batching = f"max batch {spec.max_batch_size}" if spec.batches else "no batching"
         details = f"{layout}, {spec.num_classes} classes, {batching}"
+        details += f"<br>wire {spec.wire}: {_format_bytes(connection.request_bytes)} a request"
         health = self.task.stack_health
         if health is not None:
             details += f"<br>instances serving: {health.serving} of {len(health.instances)}"
@@ -677,3 +680,14 @@ def _decimal(text: str, fallback: float) -> float:
         return float(text)
     except ValueError:
         return fallback
+
+
+def _format_bytes(count: float) -> str:
+    """Request sizes as people read them: 602 kB, 15.3 kB, 1.2 MB."""
+    if count >= 1e6:
+        return f"{count / 1e6:.1f} MB"
+    if count >= 1e4:
+        return f"{count / 1e3:.0f} kB"
+    if count >= 1e3:
+        return f"{count / 1e3:.1f} kB"
+    return f"{count:.0f} B"
