@@ -16,9 +16,11 @@ often the live panel really refreshed. Target: timer drift p99 under 25 ms under
 refresh at 10 Hz or more.
 
     python benchmarks/gui_responsiveness.py [--instances 2] [--duration 20]
-        [--probe 2,4,8,16,32] [--model-dir DIR] [--servers-nice 10]
+        [--probe 2,4,8,16,32] [--model-dir DIR] [--servers-nice 10] [--instances-panel closed]
 
 The servers run at the embedded stack's niceness, as in the app, unless --servers-nice says otherwise.
+The Instances panel (the stack's instances and per-instance figures) is open, as the window opens
+it by default; `--instances-panel closed` measures without it.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ async def benchmark(args: argparse.Namespace) -> int:
         )
         try:
             window.resize(args.width, args.height)
+            window.instances_dock.setVisible(args.instances_panel == "open")
             window.show()
             window.start()
             await wait_for(
@@ -222,7 +225,8 @@ async def benchmark(args: argparse.Namespace) -> int:
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, Qt platform {os.environ['QT_QPA_PLATFORM']}, window "
         f"{args.width}x{args.height}; stack: {args.instances} Triton instance(s) (CPU) behind "
-        f"Envoy on this machine, servers at nice {args.servers_nice}"
+        f"Envoy on this machine, servers at nice {args.servers_nice}; Instances panel "
+        f"{args.instances_panel}"
     )
     print("probe (images/s by N): " + ", ".join(f"N={n}: {rate:.0f}" for n, rate in rates.items()))
     for load in phases[1:]:
@@ -290,6 +294,12 @@ def main() -> int:
         default=EMBEDDED_STACK_NICENESS,
         help="niceness added to the Triton processes (default: the window's embedded stack's, "
         f"{EMBEDDED_STACK_NICENESS}; 0 shows how much lag the servers cause at full priority)",
+    )
+    parser.add_argument(
+        "--instances-panel",
+        choices=("open", "closed"),
+        default="open",
+        help="measure with the Instances panel open (the window's default) or closed",
     )
     args = parser.parse_args()
     route_qt_messages()
