@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from flowerdemo.serving.envoy import (
     build_config,
     envoy_command,
     find_envoy,
+    link_kib_s,
     render_config,
     validate_command,
     write_config,
@@ -145,3 +147,23 @@ def test_envoy_command_line():
 def test_bad_settings_name_what_is_wrong(overrides, message):
     with pytest.raises(EnvoyConfigError, match=re.escape(message)):
         build_config(_settings(2, **overrides))
+
+
+def test_a_simulated_link_paces_every_listener_and_envoy_accepts_it(tmp_path):
+    settings = _settings(2, bandwidth_limit_kib_s=link_kib_s(1000))
+    assert settings.bandwidth_limit_kib_s == 122_070  # 1 Gbit/s = 125,000,000 B/s
+    for listener in build_config(settings)["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        names = [f["name"] for f in manager["http_filters"]]
+        assert names == ["envoy.filters.http.bandwidth_limit", "envoy.filters.http.router"]
+        limit = manager["http_filters"][0]["typed_config"]
+        assert (limit["limit_kbps"], limit["enable_mode"]) == (122_070, "REQUEST_AND_RESPONSE")
+    unlimited = build_config(_settings(2))["static_resources"]["listeners"][0]
+    assert "bandwidth_limit" not in json.dumps(unlimited)
+    path = write_config(settings, tmp_path / "link.yaml")
+    result = subprocess.run(
+        validate_command(path), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(EnvoyConfigError, match="bandwidth limit 0 KiB/s"):
+        build_config(_settings(2, bandwidth_limit_kib_s=0))

@@ -77,6 +77,10 @@ class EnvoySettings:
     max_ejection_time_s: float = 4.0
     request_buffer_bytes: int = 64 * 1024 * 1024
     access_log: bool = False
+    bandwidth_limit_kib_s: int | None = None
+    """Simulate a slower network (benchmarks/wire.py): Envoy's bandwidth-limit filter on every
+    listener paces the bytes through Envoy, requests and answers, from one token bucket for the
+    whole process, to this many KiB/s (Envoy's `limit_kbps`). None: no limit."""
 
     def check(self) -> None:
         if not self.grpc_upstreams:
@@ -100,6 +104,10 @@ class EnvoySettings:
             seen[endpoint] = what
         if self.http_listen is not None and not self.http_upstreams:
             raise EnvoyConfigError("an HTTP listener needs the instances' HTTP upstreams")
+        if self.bandwidth_limit_kib_s is not None and self.bandwidth_limit_kib_s < 1:
+            raise EnvoyConfigError(
+                f"bandwidth limit {self.bandwidth_limit_kib_s} KiB/s: must be at least 1"
+            )
         if self.health_interval_s <= 0 or self.health_timeout_s <= 0:
             raise EnvoyConfigError("health check interval and timeout must be positive")
         if self.instance_names and len(self.instance_names) != len(self.grpc_upstreams):
@@ -194,12 +202,13 @@ def _listener(
             ],
         },
         "http_filters": [
+            *_bandwidth_limit_filter(name, settings),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                 },
-            }
+            },
         ],
     }
     if grpc:
@@ -228,6 +237,30 @@ def _listener(
             }
         ],
     }
+
+
+def link_kib_s(mbit_s: float) -> int:
+    """A link of `mbit_s` megabits per second in Envoy's bandwidth unit (KiB/s)."""
+    return max(1, round(mbit_s * 1e6 / 8 / 1024))
+
+
+def _bandwidth_limit_filter(name: str, settings: EnvoySettings) -> list[dict[str, Any]]:
+    if settings.bandwidth_limit_kib_s is None:
+        return []
+    return [
+        {
+            "name": "envoy.filters.http.bandwidth_limit",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit",
+                "stat_prefix": f"{name}_link",
+                "enable_mode": "REQUEST_AND_RESPONSE",
+                "limit_kbps": settings.bandwidth_limit_kib_s,
+                # The shortest refill Envoy allows (default 50 ms): smoother pacing.
+                "fill_interval": "0.02s",
+            },
+        }
+    ]
 
 
 def _cluster(
