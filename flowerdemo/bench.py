@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.images import NoImagesError, load_images
+from flowerdemo.core.server_stats import ServerStatsReader
 from flowerdemo.core.stats import (
     DEFAULT_PERCENTILE,
     LatencySummary,
@@ -18,13 +21,17 @@ from flowerdemo.core.stats import (
     write_perf_analyzer_csv,
 )
 from flowerdemo.core.sweep import (
+    BudgetSearch,
+    StepMeasurer,
     SweepSettings,
     SweepStep,
     WindowMeasurement,
+    find_budget,
     parse_concurrency_range,
+    parse_rate_range,
     run_sweep,
 )
-from flowerdemo.embedded import server_url
+from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import report_skipped
 from flowerdemo.options import RunOptions
 from flowerdemo.plots import SweepPoint, plot_sweeps, read_perf_analyzer_csv
@@ -56,7 +63,42 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
     )
     parser.add_argument(
-        "--budget-ms", type=float, default=50.0, help="latency budget drawn on the p90 chart"
+        "--budget-ms",
+        type=float,
+        default=50.0,
+        help="latency budget: drawn on the p90 chart, goodput counted against it",
+    )
+    parser.add_argument(
+        "--percentile",
+        type=int,
+        default=DEFAULT_PERCENTILE,
+        help="the latency percentile judged against the budget and by the stability rule "
+        "(default 90)",
+    )
+    parser.add_argument(
+        "--request-rate",
+        metavar="RANGE",
+        help="open loop: measure these request rates per second (START:END[:STEP] or a list) "
+        "instead of concurrencies, as perf_analyzer's --request-rate-range",
+    )
+    parser.add_argument(
+        "--poisson",
+        action="store_true",
+        help="with --request-rate: exponential gaps between requests instead of a constant rate",
+    )
+    parser.add_argument(
+        "--find-budget",
+        action="store_true",
+        help="search concurrency (doubling, then bisection) for the highest load whose "
+        "--percentile latency stays within --budget-ms, and print it",
+    )
+    parser.add_argument(
+        "--server-url",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="an instance behind a remote balancer (repeat, or separate with commas): its own "
+        "queue and compute times fill the CSV's server columns",
     )
     parser.add_argument(
         "--label", default="flowerdemo", help="name of this configuration in CSV and charts"
@@ -81,7 +123,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     try:
         concurrencies = parse_concurrency_range(args.concurrency_range)
+        rates = parse_rate_range(args.request_rate) if args.request_rate else ()
         compare = [_parse_compare(item) for item in args.compare]
+        problems = _check_args(args)
+        if problems:
+            raise ValueError("; ".join(problems))
     except ValueError as error:
         print(f"flowerdemo bench: {error}", file=sys.stderr)
         return 2
@@ -94,68 +140,164 @@ def run_bench(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         instances=args.instances,
         mode="auto",
+        budget_ms=args.budget_ms,
+        percentile=args.percentile,
+        server_urls=tuple(
+            url.strip() for item in args.server_url for url in item.split(",") if url.strip()
+        ),
     )
     settings = SweepSettings(
         concurrencies,
         window_s=args.window,
         tolerance=args.stability_percentage / 100,
         max_windows=args.max_windows,
+        percentile=args.percentile,
+        request_rates=rates,
+        poisson=args.poisson,
+        budget_s=args.budget_ms / 1000,
     )
     try:
-        steps = asyncio.run(_sweep(options, settings))
+        result = asyncio.run(_measure(options, settings, find=args.find_budget))
     except (ConnectError, NoImagesError) as error:
         print(f"flowerdemo bench: {error}", file=sys.stderr)
         return 2
-    if steps is None:
+    if result is None:
         return 2
+    steps, search = result
     args.output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = args.output_dir / f"{args.label}.csv"
+    budget_s = settings.budget_s
+    ordered = sorted(steps, key=lambda s: (s.request_rate or 0.0, s.concurrency))
     write_perf_analyzer_csv(
-        csv_path, [perf_analyzer_row(s.concurrency, step_snapshot(s)) for s in steps]
+        csv_path,
+        [
+            perf_analyzer_row(
+                s.concurrency,
+                step_snapshot(s, budget_s=budget_s, percentile=settings.percentile),
+                request_rate=s.request_rate,
+            )
+            for s in ordered
+        ],
     )
-    series: dict[str, list[SweepPoint]] = {
-        args.label: [SweepPoint(s.concurrency, s.images_per_s, s.latency.p90 * 1000) for s in steps]
-    }
-    for label, path in compare:
-        series[label] = read_perf_analyzer_csv(path)
-    charts = plot_sweeps(
-        series, args.output_dir, budget_ms=args.budget_ms, title=args.title or args.label
-    )
-    print(f"CSV: {csv_path}\nCharts: {charts[0]}, {charts[1]}")
+    print(f"CSV: {csv_path}")
+    if search is not None:
+        print(describe_search(search, settings))
+    if not rates:
+        series: dict[str, list[SweepPoint]] = {
+            args.label: [
+                SweepPoint(s.concurrency, s.images_per_s, s.latency.p90 * 1000) for s in ordered
+            ]
+        }
+        for label, path in compare:
+            series[label] = read_perf_analyzer_csv(path)
+        charts = plot_sweeps(
+            series, args.output_dir, budget_ms=args.budget_ms, title=args.title or args.label
+        )
+        print(f"Charts: {charts[0]}, {charts[1]}")
     return 0 if all(s.failed == 0 for s in steps) else 1
 
 
-async def _sweep(options: RunOptions, settings: SweepSettings) -> list[SweepStep] | None:
+def _check_args(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if not 1 <= args.percentile <= 99:
+        problems.append(f"--percentile must be between 1 and 99, not {args.percentile}")
+    if args.poisson and not args.request_rate:
+        problems.append("--poisson shapes --request-rate: give rates too")
+    if args.find_budget and args.request_rate:
+        problems.append("--find-budget searches concurrency: leave out --request-rate")
+    if not args.budget_ms > 0:
+        problems.append(f"--budget-ms must be positive, not {args.budget_ms}")
+    if not args.stability_percentage > 0:
+        problems.append(f"--stability-percentage must be positive, not {args.stability_percentage}")
+    return problems
+
+
+def describe_search(search: BudgetSearch, settings: SweepSettings) -> str:
+    budget = f"{settings.budget_s * 1000:g} ms"
+    name = f"p{settings.percentile}"
+    best = search.best
+    if best is None:
+        first = search.steps[0]
+        return (
+            f"Within budget: nothing. Even concurrency {first.concurrency} gives {name} "
+            f"{first.verdict_s * 1000:.1f} ms ({first.failed} failed), over the {budget} budget."
+        )
+    tail = " (the highest tried: the limit may be higher)" if search.limit_reached else ""
+    return (
+        f"Within budget: concurrency {best.concurrency}{tail}, {best.images_per_s:.1f} images/s "
+        f"at {name} {best.verdict_s * 1000:.1f} ms (budget {budget}), "
+        f"{len(search.steps)} steps measured."
+    )
+
+
+async def _measure(
+    options: RunOptions, settings: SweepSettings, *, find: bool
+) -> tuple[list[SweepStep], BudgetSearch | None] | None:
     image_set = load_images(options.images_dir, labels=options.class_names())
     report_skipped(image_set.problems, sys.stderr, "flowerdemo bench")
-    with server_url(options, sys.stderr) as url:
-        if url is None:
+    with serving_target(options, sys.stderr) as target:
+        if target is None:
             return None
-        engine = InferenceEngine(options.engine_settings(url), [i.image for i in image_set.images])
+        url = target.url
+        photos = [i.image for i in image_set.images]
+        engine = InferenceEngine(options.engine_settings(url), photos)
+        reader = _server_reader(options, target)
         try:
             spec = await engine.connect()
             print(f"Measuring {url}: {spec.describe()}")
+            if reader is not None:
+                print(f"Server-side split read from {', '.join(reader.urls)}")
+            level = "rate/s" if settings.request_rates else "conc"
             print(
-                f"{'conc':>5} {'img/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'failed':>7}  windows"
+                f"{level:>7} {'img/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+                f"{_verdict_header(settings.percentile)}{'good':>6} {'failed':>7}  windows"
             )
-            return await run_sweep(
-                engine, settings, on_step=_print_step, on_window=_progress(settings)
+            if find:
+                async with StepMeasurer(
+                    engine, settings, server_reader=reader, image_count=len(photos)
+                ) as measure:
+                    search = await find_budget(
+                        measure, settings.budget_s, on_step=_step_printer(settings.percentile)
+                    )
+                return list(search.steps), search
+            steps = await run_sweep(
+                engine,
+                settings,
+                on_step=_step_printer(settings.percentile),
+                on_window=_progress(settings),
+                server_reader=reader,
+                image_count=len(photos),
             )
+            return steps, None
         finally:
+            if reader is not None:
+                await reader.close()
             await engine.close()
 
 
-def _progress(settings: SweepSettings):  # type: ignore[no-untyped-def]
-    total = len(settings.concurrencies)
-    position = {c: k for k, c in enumerate(settings.concurrencies)}
+def _server_reader(options: RunOptions, target: ServerTarget) -> ServerStatsReader | None:
+    """The instances behind the balancer: the embedded stack's, or --server-url's."""
+    if target.stack is not None:
+        urls = [f"127.0.0.1:{s.grpc_port}" for s in target.stack.states() if s.state == "ready"]
+        return ServerStatsReader(urls, options.model)
+    if options.server_urls:
+        return ServerStatsReader(options.server_urls, options.model, protocol=options.protocol)
+    return None
 
-    def show(concurrency: int, window: int, measurement: WindowMeasurement) -> None:
+
+def _progress(settings: SweepSettings):  # type: ignore[no-untyped-def]
+    levels = settings.levels
+    total = len(levels)
+    position = {c: k for k, c in enumerate(levels)}
+    name = "rate" if settings.request_rates else "c"
+
+    def show(level: float, window: int, measurement: WindowMeasurement) -> None:
         if not sys.stdout.isatty():
             return
-        done = position[concurrency] + window / settings.max_windows
+        done = position.get(level, 0) + window / settings.max_windows
         filled = int(BAR_WIDTH * done / total)
         print(
-            f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] c={concurrency} window {window} "
+            f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {name}={level:g} window {window} "
             f"{measurement.images_per_s:8.1f} img/s\x1b[K",
             end="",
             flush=True,
@@ -164,13 +306,32 @@ def _progress(settings: SweepSettings):  # type: ignore[no-untyped-def]
     return show
 
 
-def _print_step(step: SweepStep) -> None:
+SHOWN_PERCENTILES = (50, 90, 99)
+
+
+def _verdict_header(percentile: int) -> str:
+    return "" if percentile in SHOWN_PERCENTILES else f"{'p' + str(percentile) + ' ms':>8} "
+
+
+def _step_printer(percentile: int) -> Callable[[SweepStep], None]:
+    return functools.partial(_print_step, percentile=percentile)
+
+
+def _print_step(step: SweepStep, percentile: int = DEFAULT_PERCENTILE) -> None:
     if sys.stdout.isatty():
         print("\r\x1b[K", end="")
     latency = step.latency
+    level = f"{step.request_rate:g}" if step.request_rate is not None else str(step.concurrency)
+    good = "-" if math.isnan(step.goodput) else f"{step.goodput * 100:.0f}%"
+    # The verdict percentile gets its own column unless it is one already shown.
+    verdict = "" if percentile in SHOWN_PERCENTILES else f"{step.verdict_s * 1000:>8.2f} "
+    notes = "" if step.stable else " (not stable)"
+    if step.delayed:
+        notes += f" ({step.delayed} sent late)"
     print(
-        f"{step.concurrency:>5} {step.images_per_s:>10.1f} {latency.p50 * 1000:>8.2f} {latency.p90 * 1000:>8.2f} "
-        f"{latency.p99 * 1000:>8.2f} {step.failed:>7}  {step.windows}{'' if step.stable else ' (not stable)'}",
+        f"{level:>7} {step.images_per_s:>10.1f} {latency.p50 * 1000:>8.2f} {latency.p90 * 1000:>8.2f} "
+        f"{latency.p99 * 1000:>8.2f} {verdict}{good:>6} {step.failed:>7}  "
+        f"{step.windows}{notes}",
         flush=True,
     )
 

@@ -1,10 +1,23 @@
-"""The sweep's stability rule (perf_analyzer's) on synthetic windows."""
+"""The sweep's stability rule (perf_analyzer's) on synthetic windows; the budget search on
+synthetic steps."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from flowerdemo.core.sweep import SweepSettings, WindowMeasurement, is_stable, step_from_windows
+from flowerdemo.core.stats import LatencySummary
+from flowerdemo.core.sweep import (
+    SweepSettings,
+    SweepStep,
+    WindowMeasurement,
+    find_budget,
+    fits_budget,
+    is_stable,
+    parse_rate_range,
+    step_from_windows,
+)
 
 
 def window(images_per_s: float, latency_s: float, answers: int = 20) -> WindowMeasurement:
@@ -48,3 +61,64 @@ def test_a_step_takes_its_figures_from_the_stable_windows():
     step = step_from_windows(1, windows, settings)
     assert step.stable and step.windows == 4
     assert step.images_per_s == pytest.approx(100.0) and step.latency.p90 == pytest.approx(0.010)
+
+
+def synthetic_step(concurrency: int, latency_s: float, failed: int = 0) -> SweepStep:
+    latency = LatencySummary(100, latency_s, latency_s, latency_s, latency_s, latency_s)
+    return SweepStep(
+        concurrency,
+        concurrency / latency_s,
+        concurrency / latency_s,
+        latency,
+        failed,
+        3,
+        True,
+        verdict_s=latency_s,
+    )
+
+
+def test_find_budget_doubles_then_bisects_to_the_highest_concurrency_within():
+    measured: list[int] = []
+
+    async def measure(level: float) -> SweepStep:
+        concurrency = int(level)
+        measured.append(concurrency)
+        # A saturated server: 49 ms at 24 outstanding, 51 ms at 25.
+        return synthetic_step(concurrency, 0.001 + 0.002 * concurrency)
+
+    search = asyncio.run(find_budget(measure, 0.050))
+    assert measured[:6] == [1, 2, 4, 8, 16, 32]
+    assert measured[6:] == [24, 28, 26, 25]
+    assert search.best is not None and search.best.concurrency == 24
+    assert fits_budget(search.best, 0.050)
+    assert len(measured) == len(set(measured)), "no concurrency measured twice"
+    assert not search.limit_reached
+
+
+def test_find_budget_when_nothing_fits_or_everything_does():
+    async def slow(level: float) -> SweepStep:
+        return synthetic_step(int(level), 0.200)
+
+    search = asyncio.run(find_budget(slow, 0.050))
+    assert search.best is None and [s.concurrency for s in search.steps] == [1]
+
+    async def fast(level: float) -> SweepStep:
+        return synthetic_step(int(level), 0.001)
+
+    search = asyncio.run(find_budget(fast, 0.050, limit=64))
+    assert search.best is not None and search.best.concurrency == 64 and search.limit_reached
+
+    async def failing(level: float) -> SweepStep:
+        return synthetic_step(int(level), 0.001, failed=1 if level >= 4 else 0)
+
+    search = asyncio.run(find_budget(failing, 0.050))
+    assert search.best is not None and search.best.concurrency == 3  # failures are over budget
+
+
+def test_rate_ranges():
+    assert parse_rate_range("10:30:10") == (10.0, 20.0, 30.0)
+    assert parse_rate_range("0.5,2") == (0.5, 2.0)
+    assert parse_rate_range("25") == (25.0,)
+    for bad in ("0", "10:5", "a:b", "1:2:0", "1:1000000:0.001"):
+        with pytest.raises(ValueError, match="request"):
+            parse_rate_range(bad)

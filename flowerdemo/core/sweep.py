@@ -12,7 +12,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,6 +23,9 @@ from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.load import OpenLoopLoad
 from flowerdemo.core.server_stats import ServerStatsReader
 from flowerdemo.core.stats import DEFAULT_PERCENTILE, LatencySummary, ServerSplit
+
+MAX_STEPS = 1000
+"""More steps than this in one range is a typing mistake, not a plan."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,34 @@ def parse_concurrency_range(text: str) -> tuple[int, ...]:
         values = tuple(range(start, end + 1, step))
     if not values or min(values) < 1:
         raise ValueError(f"'{text}': concurrencies must be at least 1")
+    return values
+
+
+def parse_rate_range(text: str) -> tuple[float, ...]:
+    """Request rates per second: `10:50:10` (START:END:STEP), `10,20,40` (a list), or one rate."""
+    spec = text.strip()
+    try:
+        if ":" in spec:
+            parts = [float(p) for p in spec.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, end = parts[0], parts[1]
+            step = parts[2] if len(parts) == 3 else end - start or 1.0
+            if step <= 0 or end < start:
+                raise ValueError
+            count = math.floor((end - start) / step + 1e-9) + 1
+            if count > MAX_STEPS:
+                raise ValueError
+            values = tuple(round(start + k * step, 6) for k in range(count))
+        else:
+            values = tuple(float(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not a request-rate range: use START:END[:STEP] or a list like 10,20,40 "
+            f"(requests per second, END not below START, STEP above 0, at most {MAX_STEPS} steps)"
+        ) from None
+    if not values or min(values) <= 0 or any(math.isnan(v) or math.isinf(v) for v in values):
+        raise ValueError(f"'{text}': request rates must be positive numbers")
     return values
 
 
@@ -318,3 +349,67 @@ async def sweep_server(
         return await run_sweep(engine, sweep)
     finally:
         await engine.close()
+
+
+@dataclass(frozen=True)
+class BudgetSearch:
+    """What `find_budget` found: the best step within the budget (None: not even the first)."""
+
+    best: SweepStep | None
+    steps: tuple[SweepStep, ...]
+    """Every step measured, in the order measured."""
+    limit_reached: bool
+    """The search stopped at its highest concurrency still within the budget."""
+
+
+def fits_budget(step: SweepStep, budget_s: float) -> bool:
+    """Within the budget: every request answered and the verdict-percentile latency at most it."""
+    return step.failed == 0 and not math.isnan(step.verdict_s) and step.verdict_s <= budget_s
+
+
+async def find_budget(
+    measure: Callable[[float], Awaitable[SweepStep]],
+    budget_s: float,
+    *,
+    start: int = 1,
+    limit: int = 1024,
+    on_step: Callable[[SweepStep], None] | None = None,
+) -> BudgetSearch:
+    """The highest concurrency whose verdict-percentile latency stays within the budget (the
+    seed's Figure 6 question): double from `start` until a step is over (or `limit`), then bisect
+    between the last step within and the first over until they are neighbours."""
+    steps: list[SweepStep] = []
+
+    async def probe(concurrency: int) -> bool:
+        step = await measure(concurrency)
+        steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        return fits_budget(step, budget_s)
+
+    good: int | None = None
+    bad: int | None = None
+    concurrency = max(1, start)
+    while True:
+        if await probe(concurrency):
+            good = concurrency
+            if concurrency >= limit:
+                break
+            concurrency = min(concurrency * 2, limit)
+        else:
+            bad = concurrency
+            break
+    if good is not None and bad is not None:
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if await probe(middle):
+                good = middle
+            else:
+                bad = middle
+    best = None
+    if good is not None:
+        best = max(
+            (s for s in steps if s.concurrency == good and fits_budget(s, budget_s)),
+            key=lambda s: s.images_per_s,
+        )
+    return BudgetSearch(best, tuple(steps), limit_reached=bad is None and good is not None)
