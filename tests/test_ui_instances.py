@@ -10,6 +10,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from flowerdemo.core.events import UNKNOWN_INSTANCE
+from flowerdemo.core.stats import InstanceStats, LatencySummary
 from flowerdemo.options import RunOptions
 from flowerdemo.ui.inference_task import TaskState
 from flowerdemo.ui.instance_colors import PALETTE, UNKNOWN_COLOR, color_name
@@ -17,10 +18,8 @@ from flowerdemo.ui.instances_panel import (
     NAME_COLUMN,
     SHARE_COLUMN,
     STATE_COLUMN,
-    InstanceRow,
     InstancesModel,
     InstancesPanel,
-    rows_from_sources,
 )
 
 pytestmark = [pytest.mark.gui]
@@ -47,20 +46,9 @@ class _State:
     restarts: int = 0
 
 
-@dataclass(frozen=True)
-class _Window:
-    p50: float
-    p90: float
-
-
-@dataclass(frozen=True)
-class _Stats:
-    name: str
-    answered: int
-    failed: int
-    window_share: float
-    window_images_per_s: float
-    window: _Window
+def _stats(name: str, answered: int, share: float, rate: float, p50: float, p90: float):
+    window = LatencySummary(answered, p50, p50, p90, p90, p90)
+    return InstanceStats(name, answered, 0, answered, share, rate, window, window)
 
 
 def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
@@ -90,8 +78,8 @@ def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
 
     # Statistics join by name; an instance only the answers know (unknown) gets its own row.
     statistics = [
-        _Stats("triton-1", 90, 1, 0.75, 120.0, _Window(0.010, 0.020)),
-        _Stats(UNKNOWN_INSTANCE, 30, 0, 0.25, 40.0, _Window(0.011, 0.021)),
+        _stats("triton-1", 90, 0.75, 120.0, 0.010, 0.020),
+        _stats(UNKNOWN_INSTANCE, 30, 0.25, 40.0, 0.011, 0.021),
     ]
     panel.show_statistics(statistics, now=100.0)
     assert model.names() == ["triton-0", "triton-1", "triton-2", UNKNOWN_INSTANCE]
@@ -99,7 +87,7 @@ def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
     assert model.row_of("triton-1").p90_ms == pytest.approx(20.0)
     assert math.isnan(model.row_of("triton-0").p90_ms)
     # Statistics alone refresh the table at most every half second.
-    panel.show_statistics([_Stats("triton-1", 99, 1, 1.0, 1.0, _Window(0.01, 0.02))], now=100.2)
+    panel.show_statistics([_stats("triton-1", 99, 1.0, 1.0, 0.01, 0.02)], now=100.2)
     assert model.row_of("triton-1").answered == 90
 
     # A removed instance leaves; the selection follows its row.
@@ -111,28 +99,6 @@ def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
     # Nothing to act on without a local stack.
     panel.set_controllable(False, "remote")
     assert not panel.add_button.isEnabled() and not panel.kill_button.isEnabled()
-
-
-def test_rows_from_a_remote_envoy_name_each_upstream_and_its_health():
-    @dataclass(frozen=True)
-    class Host:
-        address: str
-        instance: str | None
-        healthy: bool
-        health_flags: str
-
-    rows = rows_from_sources(
-        upstreams=[
-            Host("10.0.0.1:8001", "triton-0", True, ""),
-            Host("10.0.0.2:8001", None, False, "/failed_outlier_check\x1b[2J"),
-        ]
-    )
-    assert [row.name for row in rows] == ["triton-0", "10.0.0.2:8001"]
-    assert [row.state for row in rows] == ["healthy", "unhealthy"]
-    assert rows[1].detail == "10.0.0.2:8001: /failed_outlier_check"  # server text cleaned
-    assert rows[0] == InstanceRow(
-        "triton-0", device="remote", state="healthy", detail="10.0.0.1:8001"
-    )
 
 
 @pytest.mark.stack
@@ -156,6 +122,10 @@ def test_the_panel_lists_the_stack_and_tiles_are_marked_by_who_answered(
     grid = window.grid
     qtbot.waitUntil(lambda: sum(grid.tile(i).answered for i in range(grid.count())) >= 40)
     answered = [grid.tile(i) for i in range(grid.count()) if grid.tile(i).answered]
-    # Every answered tile carries the mark of the instance that answered it.
-    assert all(tile.instance is not None for tile in answered)
+    # Every answered tile carries the mark of the instance that answered it, named by Envoy.
+    assert {tile.instance for tile in answered} == {"triton-0", "triton-1"}
+    # The table joins the answers to the instances: both answer, the shares add up.
+    qtbot.waitUntil(lambda: all(row.answered for row in model.rows[:2]), timeout=5_000)
+    assert sum(row.window_share for row in model.rows) == pytest.approx(1.0)
+    assert set(window.live_panel.instances_chart.names) >= {"triton-0", "triton-1"}
     window.grab().save(str(tmp_path / "instances.png"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
@@ -59,6 +60,8 @@ class ControlPanel(QWidget):
     """Requests to keep outstanding in automatic mode."""
     sig_budget_changed = Signal(float)
     """The latency budget, in milliseconds."""
+    sig_autoscale_toggled = Signal(bool)
+    """Hold the budget by adding and removing local instances (True) or stop doing so (False)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -105,6 +108,13 @@ class ControlPanel(QWidget):
         self.budget_spin.setToolTip("Latency budget: the charts show it as a line")
         self.budget_spin.setKeyboardTracking(False)
         self.budget_spin.valueChanged.connect(self.sig_budget_changed)
+        self.autoscale_box = QCheckBox("Autoscale", self)
+        self.autoscale_box.setToolTip(
+            "Add a local instance when the latency stays over the budget, remove one when one "
+            "fewer would still fit (local stack only)"
+        )
+        self.autoscale_box.toggled.connect(self.sig_autoscale_toggled)
+        self.autoscale_box.setEnabled(False)
         self.run_button = QPushButton("Start", self)
         self.run_button.setCheckable(True)
         big = QFont(self.run_button.font())
@@ -145,6 +155,9 @@ class ControlPanel(QWidget):
                 row.addSpacing(6)
                 row.addWidget(label)
                 row.addWidget(widget, stretch)
+            if row is request_row:
+                row.addSpacing(6)
+                row.addWidget(self.autoscale_box)
             row.addSpacing(10)
             row.addWidget(button)
         self.run_button.setMinimumWidth(140)
@@ -233,6 +246,16 @@ class ControlPanel(QWidget):
     def set_busy(self, busy: bool) -> None:
         """While connecting or starting servers, the connection settings cannot be applied."""
         self.connect_button.setEnabled(not busy)
+
+    def set_autoscale_available(self, available: bool) -> None:
+        """Autoscale can be switched on only with a local stack to scale."""
+        self.autoscale_box.setEnabled(available)
+
+    def set_autoscale(self, on: bool) -> None:
+        """Show autoscale on or off without echoing it as the operator's choice."""
+        self.autoscale_box.blockSignals(True)
+        self.autoscale_box.setChecked(on)
+        self.autoscale_box.blockSignals(False)
 
     def set_running(self, running: bool) -> None:
         self.run_button.blockSignals(True)

@@ -23,6 +23,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
+import operator
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
+from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy
 from flowerdemo.core.engine import ConnectError, EngineSettings, InferenceEngine
 from flowerdemo.core.events import ErrorKind, InferenceEvent
 from flowerdemo.core.model_spec import ModelSpec
@@ -49,6 +53,10 @@ GRACEFUL_STOP_S = 2.0
 """How long a settings change waits for outstanding requests before cancelling them."""
 ADMIN_TIMEOUT_S = 1.0
 """How long one read of a remote Envoy's admin interface may take."""
+AUTOSCALE_INTERVAL_S = 1.0
+"""How often the autoscaler observes the windowed latency."""
+SERVER_STATS_INTERVAL_S = 1.0
+"""How often each local instance is asked for its queue and compute times."""
 
 
 class TaskState(str, enum.Enum):
@@ -114,6 +122,8 @@ class InferenceTask(QObject):
     """Something happened in the local stack (a serving StackEvent), delivered on the GUI thread."""
     sig_upstreams = Signal(object)
     """A remote stack's instances as its Envoy admin sees them (a list of UpstreamHost)."""
+    sig_scale_decision = Signal(object)
+    """The autoscaler changed the stack's target instance count (a core.autoscale ScaleDecision)."""
     _sig_stack_event_from_thread = Signal(object)
     """A StackEvent emitted on the stack's supervisor thread (queued to the GUI thread)."""
 
@@ -147,6 +157,11 @@ class InferenceTask(QObject):
         self._admin_address: str | None = None
         self._admin_watch: asyncio.Task[None] | None = None
         self._stack_calls: set[asyncio.Future[object]] = set()
+        self.autoscale_interval_s = AUTOSCALE_INTERVAL_S
+        self._autoscaler: AutoscaleController | None = None
+        self._autoscale: asyncio.Task[None] | None = None
+        self._server_stats: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()
         self._requests: set[asyncio.Task[InferenceEvent]] = set()
         self._closing = False
         # A queued connection: the stack calls its listeners on its own thread.
@@ -360,6 +375,111 @@ class InferenceTask(QObject):
             self.refresh_health_soon()
         return True if result is None else result
 
+    # -- autoscale ----------------------------------------------------------------------
+    @property
+    def autoscaling(self) -> bool:
+        return self._autoscale is not None and not self._autoscale.done()
+
+    @property
+    def autoscaler(self) -> AutoscaleController | None:
+        return self._autoscaler
+
+    def start_autoscale(
+        self, policy: AutoscalePolicy, clock: Callable[[], float] = time.monotonic
+    ) -> bool:
+        """Hold the budget: every `autoscale_interval_s`, feed the controller the windowed
+        latency at the policy's percentile and apply its decisions with `stack.scale_to`
+        (sig_scale_decision). False (after sig_problem) without a stack to scale."""
+        if not self.can_change_instances:
+            self.sig_problem.emit(
+                "warning", "Autoscale needs the local stack: there is no instance to add here."
+            )
+            return False
+        self.stop_autoscale()
+        self._autoscaler = AutoscaleController(policy)
+        self._autoscale = asyncio.ensure_future(self._run_autoscale(self._autoscaler, clock))
+        return True
+
+    def set_autoscale_policy(self, policy: AutoscalePolicy) -> None:
+        """A new budget or limits for the running autoscaler (its history is kept)."""
+        if self._autoscaler is not None:
+            self._autoscaler.policy = policy
+
+    def stop_autoscale(self) -> None:
+        if self._autoscale is not None and not self._autoscale.done():
+            self._autoscale.cancel()
+        self._autoscale = None
+
+    async def _run_autoscale(
+        self, controller: AutoscaleController, clock: Callable[[], float]
+    ) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.autoscale_interval_s)
+            stack = self.control_stack
+            if stack is None:
+                continue
+            policy = controller.policy
+            latency = self.stats.recent_latency(policy.percentile, self.stats.window_s)
+            try:
+                states = await asyncio.to_thread(stack.states)
+            except Exception as error:
+                log.debug("autoscale: %s", error)
+                continue
+            ready = sum(1 for state in states if state.state == "ready")
+            decision = controller.observe(
+                clock(),
+                None if math.isnan(latency) else latency,
+                ready,
+                target_instances=getattr(stack, "target_instances", None),
+            )
+            if decision is None or self._closing:
+                continue
+            applied = await self._stack_call(
+                f"Scaling to {decision.target} instance(s)",
+                operator.methodcaller("scale_to", decision.target),
+            )
+            if applied is not None:
+                self.sig_scale_decision.emit(decision)
+
+    # -- the servers' own queue and compute times (local stack) ---------------------------
+    def _watch_server_statistics(self, model: str) -> None:
+        """Ask each ready local instance for its statistics of `model` every second (through
+        the balancer a statistics call would reach one instance only); the snapshots then carry
+        the servers' queue and compute split."""
+        self._stop_server_statistics()
+        if self._watched_stack is not None and not self._closing:
+            self._server_stats = asyncio.ensure_future(self._poll_server_statistics(model))
+
+    def _stop_server_statistics(self) -> None:
+        polling, self._server_stats = self._server_stats, None
+        if polling is not None and not polling.done():
+            polling.cancel()
+            # Its clients close as it ends: shutdown waits for that.
+            self._ending.add(polling)
+            polling.add_done_callback(self._ending.discard)
+
+    async def _poll_server_statistics(self, model: str) -> None:
+        from flowerdemo.core.server_stats import ServerStatsReader, poll_server_statistics
+
+        reader = ServerStatsReader((), model, timeout_s=SERVER_STATS_INTERVAL_S / 2)
+
+        async def ready_instances() -> list[str]:
+            stack, health = self._watched_stack, self._last_health
+            if stack is None or health is None:
+                return []
+            return [
+                f"{stack.settings.host}:{i.grpc_port}"
+                for i in health.instances
+                if i.state in ("ready", "draining")
+            ]
+
+        try:
+            await poll_server_statistics(
+                reader, self.stats, interval_s=SERVER_STATS_INTERVAL_S, urls=ready_instances
+            )
+        finally:
+            await reader.close()
+
     # -- a remote stack's instances, from its Envoy admin interface ------------------------
     def watch_admin(self, address: str) -> None:
         """Poll Envoy's admin at `address` (host:port) for the upstream hosts (sig_upstreams)."""
@@ -455,6 +575,7 @@ class InferenceTask(QObject):
 
     async def _connected(self, engine: InferenceEngine, spec: ModelSpec) -> None:
         settings = engine.settings
+        self._watch_server_statistics(spec.name)
         self._connection = Connection(
             settings.url, settings.protocol, spec, engine.mean_request_bytes()
         )
@@ -472,6 +593,7 @@ class InferenceTask(QObject):
         self._retry = None
 
     async def _drop_engine(self, *, graceful: bool) -> None:
+        self._stop_server_statistics()
         engine, self._engine = self._engine, None
         self._connection = None
         if engine is None:
@@ -568,7 +690,7 @@ class InferenceTask(QObject):
         self._closing = True
         self._set_state(TaskState.CLOSING)
         self._cancel_retry()
-        for task in (self._monitor, self._admin_watch):
+        for task in (self._monitor, self._admin_watch, self._autoscale, self._server_stats):
             if task is not None and not task.done():
                 task.cancel()
         if self._stack_calls:
@@ -580,7 +702,15 @@ class InferenceTask(QObject):
             request.cancel()
         pending = [
             t
-            for t in (self._monitor, self._admin_watch, self._retry, *self._requests)
+            for t in (
+                self._monitor,
+                self._admin_watch,
+                self._autoscale,
+                self._server_stats,
+                *self._ending,
+                self._retry,
+                *self._requests,
+            )
             if t is not None
         ]
         if pending:

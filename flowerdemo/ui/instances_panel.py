@@ -16,6 +16,7 @@ out on a worker thread, so the GUI never waits for a process to start or stop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from flowerdemo.core.stats import InstanceStats
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.ui.instance_colors import instance_color
 
@@ -75,24 +77,21 @@ class _InstanceStateLike(Protocol):
     def message(self) -> str: ...
 
 
-class _InstanceStatsLike(Protocol):
-    """What the panel reads from `StatsSnapshot.instances` (core.stats.InstanceStats)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def answered(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-
-
 class _UpstreamHostLike(Protocol):
     """What the panel reads from `serving.admin.read_upstream_hosts` (UpstreamHost)."""
 
     @property
     def address(self) -> str: ...
     @property
+    def instance(self) -> str: ...
+    @property
     def healthy(self) -> bool: ...
+    @property
+    def health_flags(self) -> tuple[str, ...]: ...
+    @property
+    def ejected(self) -> bool: ...
+    @property
+    def draining(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ _WIDEST = (
 
 def rows_from_sources(
     states: Sequence[_InstanceStateLike] | None = None,
-    statistics: Iterable[_InstanceStatsLike] = (),
+    statistics: Iterable[InstanceStats] = (),
     upstreams: Sequence[_UpstreamHostLike] | None = None,
 ) -> list[InstanceRow]:
     """Join what is known about each instance by name: the stack's (or Envoy's) list first, in
@@ -187,17 +186,22 @@ def rows_from_sources(
                 )
             )
     elif upstreams is not None:
+        # Envoy lists each host once per cluster (gRPC and HTTP): one row per instance, in the
+        # worst state any of its clusters reports.
+        hosts: dict[str, list[_UpstreamHostLike]] = {}
         for host in upstreams:
-            name = clean_server_text(getattr(host, "instance", None) or host.address, 80)
+            hosts.setdefault(clean_server_text(host.instance or host.address, 80), []).append(host)
+        for name, group in hosts.items():
             seen.add(name)
-            flags = clean_server_text(str(getattr(host, "health_flags", "") or ""), 200)
+            flags = sorted({clean_server_text(f, 60) for h in group for f in h.health_flags})
+            addresses = sorted({clean_server_text(h.address, 80) for h in group})
             rows.append(
                 _with_statistics(
                     InstanceRow(
                         name=name,
                         device="remote",
-                        state="healthy" if host.healthy else "unhealthy",
-                        detail=f"{host.address}" + (f": {flags}" if flags else ""),
+                        state=_upstream_state(group),
+                        detail=", ".join(addresses) + (f": {', '.join(flags)}" if flags else ""),
                     ),
                     by_name.get(name),
                 )
@@ -208,22 +212,25 @@ def rows_from_sources(
     return rows
 
 
-def _with_statistics(row: InstanceRow, stat: _InstanceStatsLike | None) -> InstanceRow:
+def _upstream_state(group: Sequence[_UpstreamHostLike]) -> str:
+    if any(host.ejected for host in group):
+        return "ejected"
+    if any(host.draining for host in group):
+        return "draining"
+    return "healthy" if all(host.healthy for host in group) else "unhealthy"
+
+
+def _with_statistics(row: InstanceRow, stat: InstanceStats | None) -> InstanceRow:
     if stat is None:
         return row
-    window = getattr(stat, "window", None)
-    return InstanceRow(
-        name=row.name,
-        device=row.device,
-        state=row.state,
-        detail=row.detail,
-        restarts=row.restarts,
+    return dataclasses.replace(
+        row,
         answered=stat.answered,
         failed=stat.failed,
-        window_share=float(getattr(stat, "window_share", math.nan)),
-        window_images_per_s=float(getattr(stat, "window_images_per_s", math.nan)),
-        p50_ms=_ms(getattr(window, "p50", math.nan)) if window is not None else math.nan,
-        p90_ms=_ms(getattr(window, "p90", math.nan)) if window is not None else math.nan,
+        window_share=stat.window_share,
+        window_images_per_s=stat.window_images_per_s,
+        p50_ms=_ms(stat.window.p50),
+        p90_ms=_ms(stat.window.p90),
     )
 
 
@@ -366,7 +373,7 @@ class InstancesPanel(QWidget):
         self.setObjectName("instancesPanel")
         self._states: Sequence[_InstanceStateLike] | None = None
         self._upstreams: Sequence[_UpstreamHostLike] | None = None
-        self._statistics: tuple[_InstanceStatsLike, ...] = ()
+        self._statistics: tuple[InstanceStats, ...] = ()
         self._shown_at = -math.inf
         self._controllable = False
 
@@ -451,9 +458,7 @@ class InstancesPanel(QWidget):
             self._upstreams = hosts
             self._show()
 
-    def show_statistics(
-        self, instances: Sequence[_InstanceStatsLike], now: float | None = None
-    ) -> None:
+    def show_statistics(self, instances: Sequence[InstanceStats], now: float | None = None) -> None:
         """Per-instance statistics from a snapshot; shown at most every STATISTICS_REFRESH_S."""
         self._statistics = tuple(instances)
         now = time.monotonic() if now is None else now

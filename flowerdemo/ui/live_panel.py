@@ -156,6 +156,13 @@ class LivePanel(QWidget):
         )
         self.latency_plot.addItem(self.budget_line, ignoreBounds=True)
 
+        self.server_split = QLabel(self)
+        self.server_split.setObjectName("serverSplit")
+        self.server_split.setToolTip(
+            "Where the servers spent each request's time over the last window, from Triton's "
+            "own statistics: waiting in the queue, and computing (input, inference, output)"
+        )
+        self.server_split.hide()
         self.server_label = QLabel("Not connected", self)
         self.server_label.setWordWrap(True)
         self.server_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -168,6 +175,7 @@ class LivePanel(QWidget):
         layout.addWidget(self.latency_plot, 3)
         layout.addWidget(self.throughput_plot, 2)
         layout.addWidget(self.instances_plot, 2)
+        layout.addWidget(self.server_split)
         layout.addWidget(self.server_label)
         self._show_verdict(None)
 
@@ -283,7 +291,8 @@ class LivePanel(QWidget):
         self.answered.set(f"{snapshot.answered:,}")
         self.failed.set(f"{snapshot.failed:,}", "#ff7043" if snapshot.failed else None)
         self.in_flight.set(f"{snapshot.in_flight:,}")
-        self.instances_chart.record(now, getattr(snapshot, "instances", ()), settled)
+        self.instances_chart.record(now, snapshot.instances, settled)
+        self._show_server_split(snapshot)
         self._redraw(now)
 
     def _redraw(self, now: float) -> None:
@@ -311,6 +320,23 @@ class LivePanel(QWidget):
             self.latency_plot.removeItem(self._markers.popleft()[1])
         for at, line in self._markers:
             line.setValue(at - now)
+
+    def _show_server_split(self, snapshot: StatsSnapshot) -> None:
+        split = snapshot.window_server
+        if split is None:
+            if not self.server_split.isHidden():
+                self.server_split.hide()
+            return
+        text = (
+            f"server time per request: queue <b>{split.queue_s * 1000:.1f} ms</b>, "
+            f"compute <b>{split.compute_s * 1000:.1f} ms</b>"
+        )
+        # The split changes with each server reading (once a second), not every refresh; setting
+        # the same text again would still relayout the label.
+        if text != self.server_split.text():
+            self.server_split.setText(text)
+        if self.server_split.isHidden():
+            self.server_split.show()
 
     def _judge(self, window: LatencySummary | None) -> bool | None:
         """Within budget (True), over (False), or too few answers to say (None); shown."""

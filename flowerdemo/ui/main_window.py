@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QFont, QKeySequence, QShortcut
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from flowerdemo.core.autoscale import AutoscalePolicy, ScaleDecision
 from flowerdemo.core.engine import EngineSettings, TransportName
 from flowerdemo.core.events import ErrorKind, InferenceEvent
 from flowerdemo.core.images import FlowerImage, ImageSet, NoImagesError, load_images
@@ -119,6 +121,8 @@ class MainWindow(QMainWindow):
         self._startup: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._shut_down = False
+        self.autoscale_overrides: dict[str, Any] = {}
+        """AutoscalePolicy fields that replace the window's choice (timings, limits)."""
 
         self.setWindowTitle("Flower demo: Triton Inference Server behind Envoy")
         self.task = InferenceTask(self)
@@ -234,6 +238,9 @@ class MainWindow(QMainWindow):
         controls.sig_run_toggled.connect(self._on_run_toggled)
         controls.sig_concurrency_changed.connect(self.task.set_concurrency)
         controls.sig_budget_changed.connect(self.live_panel.set_budget)
+        controls.sig_budget_changed.connect(self._on_budget_changed)
+        controls.sig_autoscale_toggled.connect(self._on_autoscale_toggled)
+        task.sig_scale_decision.connect(self._on_scale_decision)
 
     # -- settings -----------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -267,6 +274,8 @@ class MainWindow(QMainWindow):
             ),
         )
         self.live_panel.set_budget(self.controls.budget_spin.value())
+        self.task.stats.percentile = options.percentile
+        self.task.stats.budget_s = self.controls.budget_spin.value() / 1000.0
         geometry = saved.value("window/geometry")
         if isinstance(geometry, QByteArray | bytes):
             self.restoreGeometry(QByteArray(geometry))
@@ -330,6 +339,9 @@ class MainWindow(QMainWindow):
                 return
             self.controls.set_url(url)
         await self._connect(self.controls.connection_choice())
+        if options.autoscale is not None:
+            self.controls.set_autoscale_available(self.task.can_change_instances)
+            self.controls.autoscale_box.setChecked(True)
         if options.mode == "auto":
             # Runs now, or as soon as a retried connection succeeds (sig_auto_running follows).
             self.controls.set_mode("auto")
@@ -522,6 +534,7 @@ class MainWindow(QMainWindow):
         self._show_server_info()
         stack = self.task.control_stack
         where = "embedded local stack" if self.task.local_stack is not None else "local stack"
+        self.controls.set_autoscale_available(self.task.can_change_instances)
         self.instances_panel.set_controllable(
             self.task.can_change_instances,
             f"{where}: {health.serving} of {len(health.instances)} ready"
@@ -539,6 +552,47 @@ class MainWindow(QMainWindow):
             self._on_problem("warning", text or kind)
         else:
             self.log_panel.add(Severity.INFO, text or kind)
+
+    # -- autoscale ----------------------------------------------------------------------
+    def _autoscale_policy(self) -> AutoscalePolicy:
+        stack = self.task.control_stack
+        devices = stack.settings.devices if stack is not None else ("cpu",)
+        # What the machine can hold: a core per CPU instance, else one instance per device given.
+        maximum = (os.cpu_count() or 1) if set(devices) == {"cpu"} else len(devices)
+        # --autoscale MIN:MAX sets the limits (checked when the options were read).
+        limits = self._options.autoscale_limits() or (1, max(1, maximum))
+        values: dict[str, Any] = {
+            "minimum": limits[0],
+            "maximum": limits[1],
+            "budget_s": self.controls.budget_spin.value() / 1000.0,
+            "percentile": self._options.percentile,
+        }
+        values.update(self.autoscale_overrides)
+        return AutoscalePolicy(**values)
+
+    def _on_autoscale_toggled(self, on: bool) -> None:
+        if not on:
+            self.task.stop_autoscale()
+            self.log_panel.add(Severity.INFO, "Autoscale off.")
+            return
+        policy = self._autoscale_policy()
+        if not self.task.start_autoscale(policy):
+            self.controls.set_autoscale(False)
+            return
+        self.log_panel.add(
+            Severity.INFO,
+            f"Autoscale on: {policy.minimum} to {policy.maximum} instance(s), holding "
+            f"p{policy.percentile} under {policy.budget_s * 1000:g} ms.",
+        )
+
+    def _on_budget_changed(self, budget_ms: float) -> None:
+        self.task.stats.budget_s = budget_ms / 1000.0
+        if self.task.autoscaling:
+            self.task.set_autoscale_policy(self._autoscale_policy())
+
+    def _on_scale_decision(self, decision: ScaleDecision) -> None:
+        self.log_panel.add(Severity.INFO, f"Autoscale: {decision.reason}")
+        self.live_panel.add_marker(decision.at, f"{decision.before}→{decision.target}")
 
     # -- the Instances panel's buttons ----------------------------------------------------
     @async_slot()
@@ -573,7 +627,7 @@ class MainWindow(QMainWindow):
         """The live panel's tick: statistics snapshot, charts, counters, pending problems."""
         snapshot = self.task.snapshot()
         self.live_panel.show_snapshot(snapshot)
-        self.instances_panel.show_statistics(getattr(snapshot, "instances", ()))
+        self.instances_panel.show_statistics(snapshot.instances)
         self._flush_failures()
 
     # -- state display ------------------------------------------------------------------
