@@ -11,8 +11,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 import tarfile
+import time
 from array import array
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +28,7 @@ import multiload  # noqa: E402
 import resnet50_model  # noqa: E402
 import run_gpu_bench  # noqa: E402
 import stage  # noqa: E402
-from gpubench import configs, report  # noqa: E402
+from gpubench import ceiling, configs, probe, report  # noqa: E402
 
 from flowerdemo.core.sweep import SweepSettings, WindowMeasurement, step_from_windows  # noqa: E402
 from flowerdemo.resources import labels_file  # noqa: E402
@@ -383,3 +385,103 @@ def test_summarize_adds_a_new_run_to_a_folder_written_by_summarize(tmp_path):
     assert (committed / "mps7-u8" / "meta.json").is_file() and (
         committed / "mps7" / "meta.json"
     ).is_file()
+
+
+def test_process_sample_measures_a_busy_client_and_the_machine():
+    import subprocess
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"]
+    )
+    try:
+        time.sleep(0.2)
+        before = probe.ProcessSample.take([busy.pid])
+        time.sleep(0.8)
+        usage = before.usage_until(probe.ProcessSample.take([busy.pid]))
+    finally:
+        busy.wait(timeout=10)
+    client = usage["components"][probe.CLIENT]
+    # Only a share of a core on a busy machine, but far above an idle process's zero.
+    assert client["n"] == 1 and 0.02 < client["cores"] <= 1.05
+    assert client["busiest_thread"] == pytest.approx(client["cores"], abs=0.05)
+    assert 0.0 <= usage["machine_idle"] <= 1.0 and usage["cpus"] == os.cpu_count()
+    # Processes that are not on this run's path (here: every other process) are left out.
+    assert set(usage["components"]) <= {probe.CLIENT, probe.DRIVER}
+
+
+def test_stub_timing_gives_host_and_device_time_per_batch(tmp_path):
+    def snapshot(at, batches, requests, images, fetch, run, respond, network, span, between):
+        return {
+            "pid": 7,
+            "at": at,
+            "batches": batches,
+            "requests": requests,
+            "images": images,
+            "fetch_s": fetch,
+            "run_s": run,
+            "respond_s": respond,
+            "network_ms": network,
+            "span_ms": span,
+            "between_s": between,
+        }
+
+    path = tmp_path / "resnet50_0_0-7.json"
+    path.write_text(json.dumps(snapshot(10.0, 5, 50, 50, 0.1, 0.5, 0.1, 300.0, 400.0, 0.2)))
+    before = probe.StubTiming.read(tmp_path)
+    path.write_text(json.dumps(snapshot(12.0, 105, 3250, 3250, 0.3, 1.5, 0.2, 1300.0, 1600.0, 0.4)))
+    figures = before.until(probe.StubTiming.read(tmp_path))
+    assert figures["batches"] == 100 and figures["requests"] == 3200
+    assert figures["mean_batch"] == 32.0
+    per_batch = figures["per_batch_ms"]
+    assert per_batch["execute"] == pytest.approx(13.0)  # (0.2 + 1.0 + 0.1) s / 100
+    assert per_batch["device_network"] == pytest.approx(10.0)
+    assert per_batch["host"] == pytest.approx(13.0 - 12.0)  # execute less the device span
+    assert per_batch["between_executes"] == pytest.approx(2.0)
+    assert figures["busiest_instance"] == pytest.approx(1.3 / 2.0)
+    assert probe.StubTiming.read(tmp_path / "missing").files == {}
+    assert before.until(before) == {"instances": {}}  # no batch in between
+
+
+def test_the_cap_is_the_component_nearest_saturation():
+    record = {
+        "cpu": {
+            "components": {
+                "envoy": {"busiest_thread": 0.4},
+                "tritonserver": {"busiest_thread": 0.6},
+                "driver": {"busiest_thread": 1.0},
+            },
+            "machine_idle": 0.5,
+        },
+        "stub": {"busiest_instance": 0.97},
+        "gpu": {"gpu_util_mean": 45.0},
+    }
+    assert ceiling.name_cap(record) == "python stub 0.97"
+    record["stub"]["busiest_instance"] = 0.3
+    assert ceiling.name_cap(record).startswith("none saturated (highest: tritonserver 0.60")
+    assert ceiling.name_cap({}) == "not measured"
+
+
+def test_ceiling_sets_vary_one_thing_at_a_time():
+    sets = ceiling.experiment_sets(envoy_workers=8)
+    instances = [e.config for e in sets["instances"]]
+    assert instances == ["wholex2-u8", "wholex1-u8", "wholex4-u8", "wholex8-u8"]
+    baseline, reference, *others = sets["instances"][0].probes
+    assert baseline.varied == "baseline" and reference.client == "perf_analyzer"
+    # Only the client differs between the two references; each variant changes one thing
+    # against the reference of its own client.
+    assert {k for k, v in vars(reference).items() if v != getattr(baseline, k)} == {
+        "varied",
+        "client",
+    }
+    for other in others:
+        against = baseline if other.client == "ours" else reference
+        changed = {
+            key
+            for key, value in vars(other).items()
+            if key != "varied" and value != getattr(against, key)
+        }
+        # batch-8 requests keep the images in flight: batch and concurrency change together.
+        assert changed and (len(changed) == 1 or changed == {"batch", "concurrency"}), other
+    assert all(p.envoy_workers != 8 for p in others)  # 8 is the stack's own Envoy
+    for experiment in (*sets["instances"], *sets["mps"]):
+        _configs(experiment.config)  # every configuration name parses

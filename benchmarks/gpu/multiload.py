@@ -49,6 +49,8 @@ class LoadSettings:
     start_timeout_s: float = 120.0
     scaling: str = "inception"
     """The engine's pixel scaling: "none" for a model that takes UINT8 pixels."""
+    batch_size: int = 1
+    """Images per request."""
 
 
 def shares(concurrency: int, processes: int) -> list[int]:
@@ -131,6 +133,7 @@ async def _serve(settings: LoadSettings, commands: Connection, results: Connecti
             model_name=settings.model,
             request_timeout_s=settings.request_timeout_s,
             topk=settings.topk,
+            batch_size=settings.batch_size,
             preprocess=PreprocessOptions(
                 scaling=next(s for s in SCALINGS if s == settings.scaling)
             ),
@@ -212,6 +215,11 @@ class LoadPool:
                 raise LoadError(f"load worker {index}: {payload}")
             self.model_description = payload
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (to read their CPU use from /proc)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
     def _receive(self, worker: _Worker, index: int, timeout: float) -> tuple[Any, ...]:
         if not worker.results.poll(max(0.0, timeout)):
             alive = worker.process.is_alive()
@@ -225,11 +233,16 @@ class LoadPool:
         return message
 
     def measure(
-        self, concurrency: int, settings: SweepSettings, deadline: float | None = None
+        self,
+        concurrency: int,
+        settings: SweepSettings,
+        deadline: float | None = None,
+        workers: int | None = None,
     ) -> SweepStep:
         """One concurrency step: settle half a window, then windows until stable or max_windows
-        (or until the next window would end after `deadline`, a time.monotonic() value)."""
-        split = shares(concurrency, len(self._workers))
+        (or until the next window would end after `deadline`, a time.monotonic() value).
+        `workers`: spread the load over the first k worker processes only (default all)."""
+        split = shares(concurrency, min(workers or len(self._workers), len(self._workers)))
         active = list(enumerate(self._workers))[: len(split)]
         start_at = time.monotonic() + settings.window_s / 2
         for (_, worker), share in zip(active, split, strict=True):

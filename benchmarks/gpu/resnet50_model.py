@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -199,6 +200,7 @@ class Runner:
         self.cuda = self.device.type == "cuda"
         self.graphs: dict[int, Any] = {}
         self.outputs: dict[int, Any] = {}
+        self.events: tuple[Any, ...] = ()
         if not self.cuda:
             self.network = network.float().eval()
             return
@@ -238,6 +240,20 @@ class Runner:
                     self.graphs[bucket].replay()
             self.stream.synchronize()
 
+    def enable_timing(self) -> None:
+        """Record CUDA events around each batch's input copies, network and output copy, so
+        `last_gpu_ms()` can tell device time from host time (a few microseconds a batch)."""
+        if self.cuda and not self.events:
+            self.events = tuple(self.torch.cuda.Event(enable_timing=True) for _ in range(4))
+
+    def last_gpu_ms(self) -> tuple[float, float]:
+        """(network, whole span from the first input copy to the end of the output copy) of
+        the last batch, in ms of device time; (0, 0) without timing. Call after `run`."""
+        if not self.events:
+            return 0.0, 0.0
+        start, copied, computed, end = self.events
+        return copied.elapsed_time(computed), start.elapsed_time(end)
+
     def _forward(self, batch: Any) -> Any:
         torch = self.torch
         if self.cuda:
@@ -275,7 +291,10 @@ class Runner:
             with torch.inference_mode():
                 return self._forward(batch.float()).numpy()
         bucket = bucket_for(count, self.buckets)
+        events = self.events
         with torch.inference_mode(), torch.cuda.stream(self.stream):
+            if events:
+                events[0].record(self.stream)
             offset = 0
             for array in arrays:
                 size = int(array.shape[0])
@@ -283,13 +302,19 @@ class Runner:
                 host.copy_(torch.from_numpy(array))
                 self.device_in[offset : offset + size].copy_(host, non_blocking=True)
                 offset += size
+            if events:
+                events[1].record(self.stream)
             # Rows past `count` keep an earlier batch's images: their results are dropped.
             if self.graphs:
                 self.graphs[bucket].replay()
                 output = self.outputs[bucket]
             else:
                 output = self._forward(self.device_in[:bucket])
+            if events:
+                events[2].record(self.stream)
             self.host_out[:count].copy_(output[:count], non_blocking=True)
+            if events:
+                events[3].record(self.stream)
         self.stream.synchronize()
         return self.host_out[:count].numpy().copy()
 
@@ -302,6 +327,55 @@ def _parameter(config: dict[str, Any], key: str, default: str) -> str:
     if not entry:
         return default
     return str(entry.get("string_value", default))
+
+
+class ExecuteTiming:
+    """Where `execute` spends its time, summed since load and written to a JSON file at most
+    every 0.1 s (atomically), for the benchmark to read before and after a measurement.
+
+    fetch: getting each request's input array; run: the runner (host copies into pinned
+    memory, the device work, waiting for it); respond: building the responses; network_ms and
+    span_ms: device time of the network alone and of copies + network (CUDA events). Host time
+    of a batch = fetch + run + respond - span. `between_s`: from the end of one execute to the
+    start of the next (the stub and Triton's own work, or no work to do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.totals: dict[str, float] = {
+            "batches": 0,
+            "requests": 0,
+            "images": 0,
+            "fetch_s": 0.0,
+            "run_s": 0.0,
+            "respond_s": 0.0,
+            "network_ms": 0.0,
+            "span_ms": 0.0,
+            "between_s": 0.0,
+        }
+        self.sizes: dict[str, int] = {}
+        self.last_end: float | None = None
+        self.written = 0.0
+
+    def add(self, *, requests: int, images: int, began: float, **seconds: float) -> None:
+        totals = self.totals
+        totals["batches"] += 1
+        totals["requests"] += requests
+        totals["images"] += images
+        for key, value in seconds.items():
+            totals[key] += value
+        key = str(images)
+        self.sizes[key] = self.sizes.get(key, 0) + 1
+        now = time.perf_counter()
+        if self.last_end is not None:
+            totals["between_s"] += began - self.last_end
+        self.last_end = now
+        if now - self.written >= 0.1:
+            self.written = now
+            data = {"pid": os.getpid(), "at": time.monotonic(), **totals, "sizes": self.sizes}
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(data))
+            temporary.replace(self.path)
 
 
 class TritonPythonModel:
@@ -331,6 +405,17 @@ class TritonPythonModel:
             use_graphs=_parameter(config, "cuda_graphs", "1") == "1",
             input_dtype=_parameter(config, "input_dtype", "fp32"),
         )
+        timing_dir = _parameter(config, "timing_dir", "")
+        self.timing = (
+            ExecuteTiming(
+                Path(timing_dir)
+                / f"{args.get('model_instance_name', 'instance')}-{os.getpid()}.json"
+            )
+            if timing_dir
+            else None
+        )
+        if self.timing is not None:
+            self.runner.enable_timing()
         print(
             f"resnet50 instance {args.get('model_instance_name', '?')} on {device}: "
             f"{'weights ' + weights if weights else 'random weights'}, buckets {list(buckets)}, "
@@ -342,12 +427,15 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb_utils = self.pb_utils
+        began = time.perf_counter()
         try:
             arrays = [
                 pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy()
                 for request in requests
             ]
+            fetched = time.perf_counter()
             result = self.runner.run(arrays)
+            ran = time.perf_counter()
         except Exception as error:  # every request must get an answer, even on failure
             message = f"resnet50 failed on a batch of {len(requests)} requests: {error}"
             return [
@@ -361,6 +449,18 @@ class TritonPythonModel:
             tensor = pb_utils.Tensor(OUTPUT_NAME, result[offset : offset + size])
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             offset += size
+        if self.timing is not None:
+            network_ms, span_ms = self.runner.last_gpu_ms()
+            self.timing.add(
+                requests=len(requests),
+                images=offset,
+                fetch_s=fetched - began,
+                run_s=ran - fetched,
+                respond_s=time.perf_counter() - ran,
+                began=began,
+                network_ms=network_ms,
+                span_ms=span_ms,
+            )
         return responses
 
     def finalize(self) -> None:
@@ -383,6 +483,7 @@ def config_pbtxt(
     cuda_graphs: bool = True,
     seed: int = 0,
     input_dtype: str = "fp32",
+    timing_dir: str = "",
 ) -> str:
     """config.pbtxt: batch-1 requests batched dynamically into the buckets, max batch = largest."""
     buckets = tuple(sorted(buckets))
@@ -404,6 +505,7 @@ def config_pbtxt(
         "cuda_graphs": "1" if cuda_graphs else "0",
         "seed": str(seed),
         "input_dtype": input_dtype,
+        "timing_dir": timing_dir,
     }
     lines = [
         f'name: "{model_name}"',
@@ -583,12 +685,82 @@ def gpu_smoke(buckets: Sequence[int] = DEFAULT_BUCKETS, seconds: float = 1.0) ->
     return report
 
 
+def torch_limit(
+    buckets: Sequence[int], window_s: float, start_file: Path | None = None
+) -> dict[str, Any]:
+    """The model alone, no Triton: UINT8 input, FP16 channels_last, one CUDA graph per bucket.
+    For each bucket, graph replays back to back for `window_s` ("graph": the device's limit for
+    one process) and, on the whole GPU, the runner with its host copies ("with copies": what
+    the stub's `run` can do in one thread). With `start_file`, wait until that file holds a
+    start time (seconds since 1970), then time bucket i in [start + i*w, start + (i+1)*w):
+    several processes (MPS clients) measured in the same windows add up."""
+    import numpy as np
+    import torch
+
+    started = time.perf_counter()
+    runner = Runner(make_network(seed=0), device="cuda:0", buckets=buckets, input_dtype="uint8")
+    report: dict[str, Any] = {
+        "pid": os.getpid(),
+        "device": torch.cuda.get_device_name(0),
+        "mps_percentage": os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", ""),
+        "load_s": round(time.perf_counter() - started, 1),
+        "buckets": {},
+    }
+    start = time.time()
+    if start_file is not None:
+        print(json.dumps({"ready": os.getpid()}), flush=True)
+        while not start_file.exists() or not start_file.read_text().strip():
+            time.sleep(0.02)
+        start = float(start_file.read_text())
+    pixels = np.random.default_rng(0).integers(0, 256, (1, *IMAGE_SHAPE), dtype=np.uint8)
+    for index, bucket in enumerate(runner.buckets):
+        window_start = start + index * window_s
+        window_end = window_start + window_s
+        time.sleep(max(0.0, window_start - time.time()))
+        graph = runner.graphs[bucket]
+        count = 0
+        late_s = max(0.0, time.time() - window_start)
+        began = time.perf_counter()
+        with torch.cuda.stream(runner.stream):
+            while time.time() < window_end - 0.05:
+                graph.replay()
+                count += 1
+                if count % 4 == 0:
+                    runner.stream.synchronize()
+            runner.stream.synchronize()
+        elapsed = time.perf_counter() - began
+        entry = {
+            "graph_ms": round(elapsed / max(count, 1) * 1000, 3),
+            "graph_img_per_s": round(count * bucket / elapsed, 1),
+            "late_s": round(late_s, 3),
+        }
+        if start_file is None:
+            batch = [pixels] * bucket
+            runner.run(batch)
+            count, began = 0, time.perf_counter()
+            while time.perf_counter() - began < window_s:
+                runner.run(batch)
+                count += 1
+            elapsed = time.perf_counter() - began
+            entry["with_copies_ms"] = round(elapsed / count * 1000, 3)
+            entry["with_copies_img_per_s"] = round(count * bucket / elapsed, 1)
+        report["buckets"][str(bucket)] = entry
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--cpu-smoke", action="store_true", help="check the network on the CPU")
     group.add_argument("--gpu-smoke", action="store_true", help="check and time it on cuda:0")
     group.add_argument("--write-repository", type=Path, metavar="DIR")
+    group.add_argument(
+        "--limit", action="store_true", help="the model alone on cuda:0: img/s per bucket"
+    )
+    parser.add_argument("--window", type=float, default=1.0, help="--limit: seconds per bucket")
+    parser.add_argument(
+        "--start-file", type=Path, help="--limit: wait for a start time written to this file"
+    )
     parser.add_argument("--labels", type=Path, help="labels file for --write-repository")
     parser.add_argument("--kind", choices=("gpu", "cpu"), default="gpu")
     parser.add_argument("--instances", type=int, default=1)
@@ -598,6 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     buckets = tuple(int(b) for b in args.buckets.split(","))
     if args.cpu_smoke:
         cpu_smoke()
+    elif args.limit:
+        print(json.dumps({"limit": torch_limit(buckets, args.window, args.start_file)}), flush=True)
     elif args.gpu_smoke:
         report = gpu_smoke(buckets, args.seconds)
         print(json.dumps(report, indent=1))

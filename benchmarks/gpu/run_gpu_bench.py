@@ -49,6 +49,8 @@ for _path in (str(ROOT), str(HERE)):
 
 # Standard library only at import time, up to maybe_reexec (see gpubench/__init__.py).
 import resnet50_model  # noqa: E402
+from gpubench.ceiling import run_ceiling, torch_limits  # noqa: E402
+from gpubench.ceiling_report import write_ceiling_report  # noqa: E402
 from gpubench.configs import (  # noqa: E402
     BUDGET_MS,
     DEFAULT_HOME,
@@ -152,6 +154,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start MPS, time the model at --mps-percentage without Triton, stop MPS",
     )
+    parser.add_argument(
+        "--ceiling",
+        metavar="SETS",
+        help="where the ceiling comes from: the named measurement sets (instances, mps; "
+        "with --cpu: cpu), results in OUT/ceiling.json (gpubench/ceiling.py)",
+    )
+    parser.add_argument(
+        "--torch-limit",
+        action="store_true",
+        help="the model alone: img/s per batch on the whole GPU and as 1 and 7 MPS clients",
+    )
+    parser.add_argument(
+        "--limit-buckets", default="1,8,32,64,128,256", help="batch sizes for --torch-limit"
+    )
+    parser.add_argument(
+        "--ceiling-report",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="ceiling.json and torch-limit.json files: write the table and charts to --out",
+    )
     parser.add_argument("--plot-jobs", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -166,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return summarize_folders(args.summarize, args.out, args.budget_ms)
     if args.mps_check:
         return mps_check(args.mps_percentage)
+    if args.torch_limit:
+        return torch_limits(args.out, args.mps_percentage, args.limit_buckets, args.window)
+    if args.ceiling_report:
+        return write_ceiling_report(args.ceiling_report, args.out)
     home: Path = args.home
     if not args.dry_run and not args.cpu:
         maybe_reexec(home, Path(__file__))
@@ -183,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not plan.perf_analyzer:
         log("perf_analyzer: not found or off; only our engine will be measured")
+    if args.ceiling:
+        gpu = "CPU" if args.cpu else gpu_name()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "machine.txt").write_text(machine_info(home, plan))
+        return run_ceiling(args.ceiling, plan, args.out, deadline, gpu, cpu_check=args.cpu)
     if args.cpu:
         try:
             import torch  # noqa: F401  (Triton's stub runs the python beside this one)

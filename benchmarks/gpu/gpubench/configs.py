@@ -153,18 +153,20 @@ class Plan:
     budget_ms: float
     home: str
 
-    def perf_command(self, url: str, concurrency: int, report: str) -> list[str]:
+    def perf_command(
+        self, url: str, concurrency: int, report: str, batch: int = 1, model: str = MODEL
+    ) -> list[str]:
         assert self.perf_analyzer is not None
         return [
             self.perf_analyzer,
             "-m",
-            MODEL,
+            model,
             "-u",
             url,
             "-i",
             "grpc",
             "-b",
-            "1",
+            str(batch),
             "--concurrency-range",
             f"{concurrency}:{concurrency}",
             "--measurement-interval",

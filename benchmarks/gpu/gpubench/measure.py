@@ -92,27 +92,61 @@ def unstable_perf_row(output: str, concurrency: int, last: int) -> dict[str, str
     }
 
 
-def run_config(
-    config: Config, plan: Plan, results: Path, deadline: Deadline, mps: Mps | None, gpu: str
-) -> ConfigResult:
-    from multiload import LoadError, LoadPool, LoadSettings
-
-    from flowerdemo.bench import step_snapshot
-    from flowerdemo.core.stats import perf_analyzer_row, write_perf_analyzer_csv
-    from flowerdemo.core.sweep import SweepSettings
-    from flowerdemo.resources import labels_file
-    from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
-
-    folder = results / config.name
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    result = ConfigResult(
-        asdict(config),
-        config.label,
-        config.title(gpu),
-        weights=plan.weights or "random weights, seed 0",
+def perf_analyzer_point(
+    plan: Plan,
+    url: str,
+    concurrency: int,
+    scratch: Path,
+    time_left_s: float,
+    batch: int = 1,
+    model: str = MODEL,
+) -> tuple[str, dict[str, Any] | None, str]:
+    """perf_analyzer at one concurrency: (its command with C for the concurrency, its CSV row
+    or the mean of its last windows when it found no stable measurement, what went wrong)."""
+    report = scratch / f"c{concurrency}-b{batch}.csv"
+    command = plan.perf_command(url, concurrency, str(report), batch, model)
+    text = " ".join(["perf_analyzer", *command[1:-2]]).replace(
+        f"{concurrency}:{concurrency}", "C:C"
     )
-    work = Path(tempfile.mkdtemp(prefix=f"flowerdemo-gpu-{config.name}-"))
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (plan.perf_libs, env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        env.pop(key, None)
+    env.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
+    timeout = max(5.0, min(plan.window_s * (plan.max_windows + 2) * 3 + 20, time_left_s))
+    try:
+        completed = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return text, None, f"no result within {timeout:.0f} s"
+    rows = read_perf_csv(report) if report.is_file() else []
+    if completed.returncode == 0 and rows:
+        return text, {**rows[0], "stable": "yes"}, ""
+    output = completed.stdout + completed.stderr
+    row = unstable_perf_row(output, concurrency, plan.stable_windows)
+    reason = next((line for line in output.splitlines() if "Failed" in line), output.strip()[-300:])
+    error = f"exit {completed.returncode}: {reason.strip()}" + (
+        "; mean of its last windows shown" if row else ""
+    )
+    return text, row, error
+
+
+def stack_parts(
+    config: Config,
+    plan: Plan,
+    work: Path,
+    deadline: Deadline,
+    mps: Mps | None,
+    timing_dir: str = "",
+) -> tuple[Path, Any, dict[str, str]]:
+    """The ResNet-50 repository written under `work`, the stack's settings, and the variables
+    its processes need (MPS). `timing_dir`: the stub writes its execute timing there."""
+    from flowerdemo.resources import labels_file
+    from flowerdemo.serving.stack import StackSettings
+
     repository = resnet50_model.write_repository(
         work / "repository",
         labels_file(),
@@ -123,8 +157,8 @@ def run_config(
         weights=plan.weights,
         copy_threads=config.copy_threads,
         input_dtype=config.input_dtype,
+        timing_dir=timing_dir,
     )
-    shutil.copyfile(repository / MODEL / "config.pbtxt", folder / "config.pbtxt")
     settings = StackSettings(
         instances=config.tritons,
         devices=("cpu",) if config.kind == "cpu" else ("cuda:0",),
@@ -143,6 +177,31 @@ def run_config(
     variables = dict(mps.env) if (config.mps and mps is not None) else {}
     if config.mps:
         variables["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(config.mps_percentage)
+    return repository, settings, variables
+
+
+def run_config(
+    config: Config, plan: Plan, results: Path, deadline: Deadline, mps: Mps | None, gpu: str
+) -> ConfigResult:
+    from multiload import LoadError, LoadPool, LoadSettings
+
+    from flowerdemo.bench import step_snapshot
+    from flowerdemo.core.stats import perf_analyzer_row, write_perf_analyzer_csv
+    from flowerdemo.core.sweep import SweepSettings
+    from flowerdemo.serving.stack import LocalStack, StackError
+
+    folder = results / config.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    result = ConfigResult(
+        asdict(config),
+        config.label,
+        config.title(gpu),
+        weights=plan.weights or "random weights, seed 0",
+    )
+    work = Path(tempfile.mkdtemp(prefix=f"flowerdemo-gpu-{config.name}-"))
+    repository, settings, variables = stack_parts(config, plan, work, deadline, mps)
+    shutil.copyfile(repository / MODEL / "config.pbtxt", folder / "config.pbtxt")
     stack = LocalStack(settings)
     sweep = SweepSettings(
         (1,),
@@ -260,64 +319,14 @@ def run_config(
                     plan.perf_analyzer
                     and deadline.left() - TEARDOWN_RESERVE_S > plan.window_s * 4 + 3
                 ):
-                    report = scratch / f"c{concurrency}.csv"
-                    command = plan.perf_command(url, concurrency, str(report))
-                    result.commands.setdefault(
-                        "perf_analyzer",
-                        " ".join(["perf_analyzer", *command[1:-2]]).replace(
-                            f"{concurrency}:{concurrency}", "C:C"
-                        ),
-                    )
-                    env = dict(os.environ)
-                    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                        p for p in (plan.perf_libs, env.get("LD_LIBRARY_PATH", "")) if p
-                    )
-                    for key in (
-                        "CUDA_MPS_PIPE_DIRECTORY",
-                        "CUDA_MPS_LOG_DIRECTORY",
-                        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
-                    ):
-                        env.pop(key, None)
-                    timeout = max(
-                        5.0,
-                        min(
-                            plan.window_s * (plan.max_windows + 2) * 3 + 20,
-                            deadline.left() - TEARDOWN_RESERVE_S,
-                        ),
-                    )
-                    try:
-                        completed = subprocess.run(
-                            command,
-                            env=env,
-                            capture_output=True,
-                            text=True,
-                            timeout=timeout,
-                            check=False,
+                    command_text, point.perf_analyzer, point.perf_analyzer_error = (
+                        perf_analyzer_point(
+                            plan, url, concurrency, scratch, deadline.left() - TEARDOWN_RESERVE_S
                         )
-                        rows = read_perf_csv(report) if report.is_file() else []
-                        if completed.returncode == 0 and rows:
-                            point.perf_analyzer = {**rows[0], "stable": "yes"}
-                        else:
-                            output = completed.stdout + completed.stderr
-                            point.perf_analyzer = unstable_perf_row(
-                                output, concurrency, plan.stable_windows
-                            )
-                            reason = next(
-                                (line for line in output.splitlines() if "Failed" in line),
-                                output.strip()[-300:],
-                            )
-                            point.perf_analyzer_error = (
-                                f"exit {completed.returncode}: {reason.strip()}"
-                                + (
-                                    "; mean of its last windows shown"
-                                    if point.perf_analyzer
-                                    else ""
-                                )
-                            )
-                        if point.perf_analyzer:
-                            theirs_rows.append(point.perf_analyzer)
-                    except subprocess.TimeoutExpired:
-                        point.perf_analyzer_error = f"no result within {timeout:.0f} s"
+                    )
+                    result.commands.setdefault("perf_analyzer", command_text)
+                    if point.perf_analyzer:
+                        theirs_rows.append(point.perf_analyzer)
                     if theirs_rows:
                         with (folder / "perf_analyzer.csv").open(
                             "w", newline="", encoding="utf-8"
