@@ -126,6 +126,7 @@ def test_auto_mode_keeps_n_in_flight_moves_counters_and_charts_and_stops(
     window.controls.budget_spin.setValue(1)
     assert panel.over_budget
     assert panel.badge.text().startswith("OVER BUDGET") and "> 1 ms" in panel.badge.text()
+    assert "p90 " in panel.badge.text()  # the verdict percentile, 90 unless --percentile
     window.grab().save(str(tmp_path / "over-budget.png"))
 
     # Stop: nothing new is sent, the outstanding requests come back.

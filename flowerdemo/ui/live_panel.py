@@ -2,7 +2,8 @@
 
 The window's refresh timer hands it a StatsSnapshot ten or more times a second; the panel keeps
 the last `HISTORY_S` seconds of figures and redraws its charts from them. Over budget (the
-sliding window's p99 above the budget) turns the badge and the latency chart red.
+sliding window's latency at the verdict percentile, p90 unless `--percentile` says otherwise,
+above the budget) turns the badge and the latency chart red.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from flowerdemo.core.stats import LatencySummary, StatsSnapshot
+from flowerdemo.core.stats import StatsSnapshot
 from flowerdemo.ui.instance_chart import InstanceThroughputChart
 
 HISTORY_S = 60.0
@@ -34,7 +35,7 @@ REFRESH_HZ = 15
 MARKER_COLOR = "#b39ddb"
 MIN_RATE_WINDOW_S = 0.5
 MIN_SAMPLES_FOR_VERDICT = 3
-"""Fewer answers than this in the window say nothing about p99: no budget verdict."""
+"""Fewer answers than this in the window say nothing about a percentile: no budget verdict."""
 
 OK_COLOR = "#2e7d32"
 OVER_COLOR = "#c62828"
@@ -92,7 +93,8 @@ class LivePanel(QWidget):
         super().__init__(parent)
         self._budget_ms = budget_ms
         self._over_budget = False
-        self._last_window: LatencySummary | None = None
+        self._last_verdict: tuple[int, float, int] | None = None
+        """The last snapshot's (window answers, latency at the verdict percentile, percentile)."""
         self._latency_top = 0.0
         self._throughput_top = 0.0
         self._instances_top = 0.0
@@ -214,7 +216,7 @@ class LivePanel(QWidget):
         self._budget_ms = budget_ms
         self.budget_line.setValue(budget_ms)
         # The verdict follows at once, not at the next refresh.
-        self._judge(self._last_window)
+        self._judge(self._last_verdict)
 
     def set_server_info(self, info: ServerInfo | None, details: str = "") -> None:
         if info is None:
@@ -277,7 +279,7 @@ class LivePanel(QWidget):
         while self._history and self._history[0][0] < now - HISTORY_S:
             self._history.popleft()
 
-        verdict = self._judge(window)
+        verdict = self._judge((window.count, snapshot.window_verdict_s, snapshot.percentile))
         self.throughput.set(f"{rate:,.0f}" if settled else "–")
         for figure, value in (
             (self.p50, window.p50),
@@ -285,8 +287,9 @@ class LivePanel(QWidget):
             (self.p99, window.p99),
         ):
             figure.set(_ms_text(value) if have_window else "–")
-        if verdict is False:
-            self.p99.set(_ms_text(window.p99), OVER_COLOR)
+        judged = {50: self.p50, 90: self.p90, 99: self.p99}.get(snapshot.percentile)
+        if verdict is False and judged is not None:
+            judged.set(_ms_text(snapshot.window_verdict_s), OVER_COLOR)
         self.sent.set(f"{snapshot.sent:,}")
         self.answered.set(f"{snapshot.answered:,}")
         self.failed.set(f"{snapshot.failed:,}", "#ff7043" if snapshot.failed else None)
@@ -338,27 +341,31 @@ class LivePanel(QWidget):
         if self.server_split.isHidden():
             self.server_split.show()
 
-    def _judge(self, window: LatencySummary | None) -> bool | None:
+    def _judge(self, verdict: tuple[int, float, int] | None) -> bool | None:
         """Within budget (True), over (False), or too few answers to say (None); shown."""
-        self._last_window = window
-        if window is None or window.count < MIN_SAMPLES_FOR_VERDICT:
+        self._last_verdict = verdict
+        if verdict is None or verdict[0] < MIN_SAMPLES_FOR_VERDICT or math.isnan(verdict[1]):
             self._show_verdict(None)
             return None
-        p99_ms = window.p99 * 1000.0
-        within = p99_ms <= self._budget_ms
-        self._show_verdict(within, p99_ms)
+        latency_ms = verdict[1] * 1000.0
+        within = latency_ms <= self._budget_ms
+        self._show_verdict(within, latency_ms, verdict[2])
         return within
 
-    def _show_verdict(self, within: bool | None, p99_ms: float = math.nan) -> None:
+    def _show_verdict(
+        self, within: bool | None, latency_ms: float = math.nan, percentile: int = 90
+    ) -> None:
         changed = within is not self._verdict
         self._verdict = within
         self._over_budget = within is False
         if within is None:
             text, color = f"budget {self._budget_ms:.0f} ms: waiting for answers", IDLE_COLOR
         elif within:
-            text, color = f"WITHIN BUDGET  p99 {p99_ms:.0f} ≤ {self._budget_ms:.0f} ms", OK_COLOR
+            text = f"WITHIN BUDGET  p{percentile} {latency_ms:.0f} ≤ {self._budget_ms:.0f} ms"
+            color = OK_COLOR
         else:
-            text, color = f"OVER BUDGET  p99 {p99_ms:.0f} > {self._budget_ms:.0f} ms", OVER_COLOR
+            text = f"OVER BUDGET  p{percentile} {latency_ms:.0f} > {self._budget_ms:.0f} ms"
+            color = OVER_COLOR
         self.badge.setText(text)
         if changed:
             self.badge.setStyleSheet(
