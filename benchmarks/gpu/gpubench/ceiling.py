@@ -559,21 +559,24 @@ def torch_limits(out: Path, mps_percentage: int, buckets: str, window_s: float) 
     try:
         mps.start()
         for clients in (1, 7):
-            start_file = Path(tempfile.mkdtemp(prefix="flowerdemo-limit-")) / "start"
+            folder = Path(tempfile.mkdtemp(prefix="flowerdemo-limit-"))
+            start_file = folder / "start"
             env = {
                 **os.environ,
                 **mps.env,
                 "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(mps_percentage),
             }
+            # stderr to files: a full pipe nobody reads would stall a client while it loads.
+            errors = [(folder / f"stderr-{k}.txt").open("w") for k in range(clients)]
             processes = [
                 subprocess.Popen(
                     [*command, "--start-file", str(start_file)],
                     env=env,
                     stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stderr=errors[k],
                     text=True,
                 )
-                for _ in range(clients)
+                for k in range(clients)
             ]
             # Start the windows once every client has loaded (each prints "ready").
             assert all(p.stdout is not None for p in processes)
@@ -586,9 +589,11 @@ def torch_limits(out: Path, mps_percentage: int, buckets: str, window_s: float) 
                         break
             start_file.write_text(str(time.time() + 0.5))
             outputs = []
-            for process in processes:
-                stdout, stderr = process.communicate(timeout=240)
-                outputs += parse(stdout) or [{"error": stderr[-1000:]}]
+            for k, process in enumerate(processes):
+                stdout, _ = process.communicate(timeout=240)
+                errors[k].close()
+                text = (folder / f"stderr-{k}.txt").read_text(errors="replace")
+                outputs += parse(stdout) or [{"error": text[-1000:]}]
             total: dict[str, float] = {}
             for output in outputs:
                 for bucket, entry in output.get("buckets", {}).items():
