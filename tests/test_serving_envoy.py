@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from flowerdemo.serving.envoy import (
     GRPC_RETRY_ON,
+    Endpoint,
+    EndpointWriter,
     EnvoyConfigError,
     EnvoySettings,
     build_config,
@@ -50,9 +53,17 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", [*sorted(VARIANTS), "endpoints-from-files"])
 def test_envoy_accepts_every_generated_config(name, tmp_path):
-    path = write_config(VARIANTS[name], tmp_path / f"{name}.yaml")
+    if name == "endpoints-from-files":
+        folder = tmp_path / "endpoints"
+        EndpointWriter(folder).write(
+            (Endpoint("triton-0", "127.0.0.1:8001", "127.0.0.1:8000", draining=True),)
+        )
+        settings = _settings(1, endpoints_dir=folder)
+    else:
+        settings = VARIANTS[name]
+    path = write_config(settings, tmp_path / f"{name}.yaml")
     result = subprocess.run(
         validate_command(path), capture_output=True, text=True, timeout=60, check=False
     )
@@ -167,3 +178,65 @@ def test_a_simulated_link_paces_every_listener_and_envoy_accepts_it(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(EnvoyConfigError, match="bandwidth limit 0 KiB/s"):
         build_config(_settings(2, bandwidth_limit_kib_s=0))
+
+
+def test_endpoint_files_are_replaced_atomically(tmp_path):
+    """A reader polling the file while it is rewritten 300 times sees only whole documents, each
+    one of the sets written; no temporary file is left behind."""
+    writer = EndpointWriter(tmp_path)
+    sets = [
+        tuple(
+            Endpoint(f"triton-{k}", f"127.0.0.1:{8001 + 10 * k}", f"127.0.0.1:{8000 + 10 * k}")
+            for k in range(count)
+        )
+        for count in (1, 2, 3, 40)
+    ]
+    writer.write(sets[0])
+    seen: set[int] = set()
+    problems: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        path = writer.path("triton_grpc")
+        while not done.is_set():
+            text = path.read_text()
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as error:
+                problems.append(f"{error}: {len(text)} bytes")
+                continue
+            endpoints = document["resources"][0]["endpoints"][0]["lb_endpoints"]
+            seen.add(len(endpoints))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for round_ in range(300):
+            writer.write(sets[round_ % len(sets)])
+    finally:
+        done.set()
+        reader.join()
+    assert not problems, problems[:3]
+    assert seen <= {1, 2, 3, 40} and len(seen) > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["triton_grpc.json", "triton_http.json"]
+    document = json.loads(writer.path("triton_http").read_text())
+    assert document["version_info"] == str(writer.version) == "301"
+    (assignment,) = document["resources"]
+    assert assignment["cluster_name"] == "triton_http"
+    first = assignment["endpoints"][0]["lb_endpoints"][0]
+    assert first["endpoint"]["address"]["socket_address"]["port_value"] == 8000
+    assert first["endpoint"]["hostname"] == "triton-0"
+    assert first["metadata"]["filter_metadata"]["flowerdemo"]["instance"] == "triton-0"
+
+
+def test_a_draining_endpoint_is_marked_so(tmp_path):
+    writer = EndpointWriter(tmp_path)
+    writer.write(
+        (
+            Endpoint("triton-0", "127.0.0.1:8001", "127.0.0.1:8000"),
+            Endpoint("triton-1", "127.0.0.1:8011", "127.0.0.1:8010", draining=True),
+        )
+    )
+    document = json.loads(writer.path("triton_grpc").read_text())
+    endpoints = document["resources"][0]["endpoints"][0]["lb_endpoints"]
+    assert [e.get("health_status") for e in endpoints] == [None, "DRAINING"]

@@ -24,7 +24,8 @@ def answered(window) -> int:
 def test_a_killed_triton_shows_the_banner_and_the_app_carries_on_then_reconnects(
     qtbot, open_window, stack_settings
 ):
-    stack = LocalStack(stack_settings(2))
+    # No automatic restart: the test takes the whole server down, then brings it back itself.
+    stack = LocalStack(stack_settings(2, restart=False))
     stack.start()
     try:
         window = open_window(

@@ -17,8 +17,11 @@ What makes a dying instance cost no requests (each item measured to matter):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,10 @@ class EnvoySettings:
     """Simulate a slower network (benchmarks/wire.py): Envoy's bandwidth-limit filter on every
     listener paces the bytes through Envoy, requests and answers, from one token bucket for the
     whole process, to this many KiB/s (Envoy's `limit_kbps`). None: no limit."""
+    endpoints_dir: Path | None = None
+    """None: the upstreams are fixed in the bootstrap. A folder: the clusters take their endpoints
+    from files in it (file-based EDS, see EndpointWriter), so instances come and go while Envoy
+    runs; the upstreams above are then only the first set."""
 
     def check(self) -> None:
         if not self.grpc_upstreams:
@@ -165,6 +172,99 @@ def _instance_header() -> dict[str, Any]:
         },
         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
     }
+
+
+GRPC_CLUSTER = "triton_grpc"
+HTTP_CLUSTER = "triton_http"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One instance as Envoy's clusters see it. `draining`: Envoy sends it no new request (EDS
+    health status DRAINING) while those in flight finish."""
+
+    instance: str
+    grpc_address: str
+    http_address: str
+    draining: bool = False
+
+
+def endpoint_file_name(cluster: str) -> str:
+    return f"{cluster}.json"
+
+
+def _lb_endpoint(endpoint: Endpoint, *, grpc: bool) -> dict[str, Any]:
+    address = endpoint.grpc_address if grpc else endpoint.http_address
+    entry: dict[str, Any] = {
+        "endpoint": {
+            "address": _socket_address(address, f"upstream of {endpoint.instance}"),
+            # Shown by the admin interface's /clusters, so a remote reader can name the host.
+            "hostname": endpoint.instance,
+        },
+        "metadata": endpoint_metadata(endpoint.instance),
+    }
+    if endpoint.draining:
+        entry["health_status"] = "DRAINING"
+    return entry
+
+
+def endpoint_assignment(
+    cluster: str, endpoints: tuple[Endpoint, ...], version: int, *, grpc: bool
+) -> dict[str, Any]:
+    """The file-based EDS document for one cluster: a DiscoveryResponse with one
+    ClusterLoadAssignment."""
+    return {
+        "version_info": str(version),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": cluster,
+                "endpoints": [{"lb_endpoints": [_lb_endpoint(e, grpc=grpc) for e in endpoints]}],
+            }
+        ],
+    }
+
+
+class EndpointWriter:
+    """Writes the clusters' endpoint files into one folder that Envoy watches.
+
+    Each file is written whole to a temporary file in the same folder, flushed to disk, then
+    renamed over the old one: a rename within one filesystem is atomic, so Envoy reads either the
+    old set or the new one, and the rename (a move into the watched folder) is what makes it
+    reload. Writing in place would be read half-written, or not noticed at all.
+    """
+
+    def __init__(self, directory: Path, *, http: bool = True) -> None:
+        self.directory = Path(directory)
+        self.http = http
+        self.version = 0
+
+    def path(self, cluster: str) -> Path:
+        return self.directory / endpoint_file_name(cluster)
+
+    def write(self, endpoints: tuple[Endpoint, ...]) -> int:
+        """Publish `endpoints` to both clusters; returns the new version."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.version += 1
+        clusters = [(GRPC_CLUSTER, True)] + ([(HTTP_CLUSTER, False)] if self.http else [])
+        for cluster, grpc in clusters:
+            document = endpoint_assignment(cluster, endpoints, self.version, grpc=grpc)
+            _replace_atomically(self.path(cluster), json.dumps(document, indent=1))
+        return self.version
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(temporary).unlink()
+        raise
 
 
 def endpoint_metadata(instance: str) -> dict[str, Any]:
@@ -283,7 +383,6 @@ def _cluster(
         health_check["http_health_check"] = {"path": "/v2/health/ready"}
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC",
         "connect_timeout": _seconds(settings.connect_timeout_s),
         "lb_policy": LB_POLICIES[settings.lb_policy],
         # With few instances, Envoy's default panic mode (below 50% healthy, ignore health and
@@ -312,21 +411,37 @@ def _cluster(
             "max_ejection_percent": 100,
         },
         "health_checks": [health_check],
-        "load_assignment": {
+    }
+    if settings.endpoints_dir is None:
+        cluster["type"] = "STATIC"
+        cluster["load_assignment"] = {
             "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {
-                            "endpoint": {"address": _socket_address(upstream, f"{name} upstream")},
-                            "metadata": endpoint_metadata(settings.instance_name(index)),
-                        }
+                        _lb_endpoint(
+                            Endpoint(settings.instance_name(index), upstream, upstream), grpc=grpc
+                        )
                         for index, upstream in enumerate(upstreams)
                     ]
                 }
             ],
-        },
-    }
+        }
+    else:
+        cluster["type"] = "EDS"
+        directory = Path(settings.endpoints_dir)
+        cluster["eds_cluster_config"] = {
+            "service_name": name,
+            "eds_config": {
+                "resource_api_version": "V3",
+                # Envoy reloads the file when an entry is moved into the folder: the writer
+                # renames a finished temporary file there, so a half-written file is never read.
+                "path_config_source": {
+                    "path": str(directory / endpoint_file_name(name)),
+                    "watched_directory": {"path": str(directory)},
+                },
+            },
+        }
     if grpc:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -342,17 +457,21 @@ def build_config(settings: EnvoySettings) -> dict[str, Any]:
     """The bootstrap configuration as plain data."""
     settings.check()
     listeners = [
-        _listener("grpc", settings.listen, "triton_grpc", GRPC_RETRY_ON, settings, grpc=True)
+        _listener("grpc", settings.listen, GRPC_CLUSTER, GRPC_RETRY_ON, settings, grpc=True)
     ]
-    clusters = [_cluster("triton_grpc", settings.grpc_upstreams, settings, grpc=True)]
+    clusters = [_cluster(GRPC_CLUSTER, settings.grpc_upstreams, settings, grpc=True)]
     if settings.http_listen is not None:
         listeners.append(
             _listener(
-                "http", settings.http_listen, "triton_http", HTTP_RETRY_ON, settings, grpc=False
+                "http", settings.http_listen, HTTP_CLUSTER, HTTP_RETRY_ON, settings, grpc=False
             )
         )
-        clusters.append(_cluster("triton_http", settings.http_upstreams, settings, grpc=False))
+        clusters.append(_cluster(HTTP_CLUSTER, settings.http_upstreams, settings, grpc=False))
     return {
+        # File-based EDS subscriptions want a node identity.
+        "node": {"id": "flowerdemo", "cluster": "flowerdemo"},
+        # Histograms (the upstream request time the autoscaler reads) are merged at each flush.
+        "stats_flush_interval": "1s",
         "admin": {"address": _socket_address(settings.admin_listen, "admin listener")},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }

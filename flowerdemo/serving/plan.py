@@ -80,18 +80,6 @@ class DeploymentPlan:
     def devices(self) -> tuple[str, ...]:
         return tuple(instance.device for instance in self.instances)
 
-    @property
-    def grpc_ports(self) -> tuple[int, ...]:
-        return tuple(instance.grpc_port for instance in self.instances)
-
-    @property
-    def http_ports(self) -> tuple[int, ...]:
-        return tuple(instance.http_port for instance in self.instances)
-
-    @property
-    def metrics_ports(self) -> tuple[int, ...]:
-        return tuple(instance.metrics_port for instance in self.instances)
-
 
 def make_instances(
     count: int,
@@ -104,18 +92,27 @@ def make_instances(
         raise ValueError(f"instances: need at least 1, got {count}")
     if not devices:
         raise ValueError("devices: need at least one device (for example 'cpu')")
-    plans = []
-    for index in range(count):
-        http_port, grpc_port, metrics_port = instance_ports(base_port, index)
-        plans.append(
-            InstancePlan(
-                index=index,
-                name=f"triton-{index}",
-                device=devices[index % len(devices)],
-                http_port=http_port,
-                grpc_port=grpc_port,
-                metrics_port=metrics_port,
-                host=host,
-            )
-        )
-    return tuple(plans)
+    return tuple(make_instance(index, devices, base_port, host) for index in range(count))
+
+
+def instance_name(index: int) -> str:
+    return f"triton-{index}"
+
+
+def make_instance(
+    index: int,
+    devices: tuple[str, ...],
+    base_port: int = DEFAULT_BASE_PORT,
+    host: str = "127.0.0.1",
+) -> InstancePlan:
+    """Instance `index`: its ports from the port plan, device `devices[index % len(devices)]`."""
+    http_port, grpc_port, metrics_port = instance_ports(base_port, index)
+    return InstancePlan(
+        index=index,
+        name=instance_name(index),
+        device=devices[index % len(devices)],
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        host=host,
+    )

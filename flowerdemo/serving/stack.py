@@ -1,14 +1,23 @@
-"""The local serving stack: N real tritonserver processes behind one real Envoy.
+"""The local serving stack: Triton instances behind one Envoy, kept at a target count.
 
 `LocalStack(StackSettings(...)).start()` writes a model repository (a Python-backend model running
-the ONNX classifier with ONNX Runtime), prepares the Python backend folder once, starts every
-instance at the same time (instance k: HTTP base+10k, gRPC base+10k+1, metrics base+10k+2), waits
-until each answers /v2/health/ready, then starts Envoy and waits until Envoy's health checks see
-every instance. It is synchronous and thread-safe: the GUI calls it from a worker thread, the CLI
-from its main thread.
+the ONNX classifier with ONNX Runtime), prepares the Python backend folder once, starts the
+instances (instance k: HTTP base+10k, gRPC base+10k+1, metrics base+10k+2), waits until each is
+ready, publishes them to Envoy's endpoint files and starts Envoy. From then on a supervisor
+thread reconciles toward the target (as Ray Serve's deployment state does): it starts instances
+that are wanted, drains and stops those that are not, notices a dead Triton or Envoy within a
+second and restarts it with bounded retries and back-off (unless `restart=False`). Envoy reads its
+endpoints from files it watches (file-based EDS), so it is never restarted to change the set.
+
+Removing drains first: the endpoint is published as DRAINING (Envoy sends it nothing new), and
+the instance is stopped once Envoy shows no request in flight on it.
+
+Every public method is thread-safe and returns quickly except `start`, `stop` and the blocking
+`start_instance` / `stop_instance` / `wait_*` helpers. Listeners get `StackEvent`s on the
+supervisor thread.
 
 Each Triton runs in its own process group (its Python-backend stubs with it), with TMPDIR inside
-the stack's work folder and its own shared-memory prefix, so `stop()` can remove exactly what our
+the stack's work folder and its own shared-memory prefix, so stopping removes exactly what our
 processes left: nothing of another stack's or another user's is touched.
 """
 
@@ -16,29 +25,34 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
+import logging
 import os
-import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
 
 from flowerdemo.serving import envoy as envoy_config
+from flowerdemo.serving.admin import AdminError, UpstreamHost, read_upstream_hosts
 from flowerdemo.serving.devices import DeviceError, resolve_devices
-from flowerdemo.serving.plan import DeploymentPlan, InstancePlan, make_instances
+from flowerdemo.serving.instance import (
+    SHM_DIR,
+    InstanceError,
+    LaunchSettings,
+    State,
+    TritonInstance,
+    http_ready,
+    port_in_use,
+    remove_shm_regions,
+    summarize_triton_log,
+)
+from flowerdemo.serving.plan import PORT_STRIDE, InstancePlan, make_instance
+from flowerdemo.serving.proxy import EnvoyProcess, ProxyError
 from flowerdemo.serving.repository import RepositoryError, RepositoryOptions, write_repository
 from flowerdemo.serving.triton import (
     TritonInstall,
@@ -46,16 +60,43 @@ from flowerdemo.serving.triton import (
     find_triton,
     prepare_backend_dir,
     shm_prefix,
-    triton_command,
-    triton_environment,
 )
+from flowerdemo.serving.watchdog import WatchdogClient
 
-State = Literal["starting", "ready", "stopped", "failed"]
-# POSIX shared memory; only regions named with our own per-instance prefix are ever removed.
-SHM_DIR = Path("/dev/shm")  # noqa: S108
-_LOG_LINE = re.compile(r'^E\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\]\s+"?(.*?)"?\s*$')
-# Error lines a CPU-only machine always prints; they never explain a failure.
-_HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "No address added")
+__all__ = [
+    "SHM_DIR",
+    "InstanceState",
+    "LocalStack",
+    "StackError",
+    "StackEvent",
+    "StackSettings",
+    "State",
+    "port_in_use",
+    "remove_shm_regions",
+    "resolve_model",
+    "summarize_triton_log",
+    "wait_until",
+]
+
+log = logging.getLogger(__name__)
+
+# Event kinds a listener receives.
+EVENT_KINDS = (
+    "target",  # the target count changed
+    "starting",
+    "ready",
+    "ejected",  # Envoy's health checks or outlier detection took it out
+    "draining",
+    "stopped",
+    "killed",  # SIGKILL on request (fault injection)
+    "down",  # died on its own
+    "restarting",
+    "failed",  # could not start, or out of restarts
+    "envoy_down",
+    "envoy_restarting",
+    "envoy_ready",
+    "envoy_failed",
+)
 
 
 class StackError(RuntimeError):
@@ -75,10 +116,22 @@ class InstanceState:
     device: str
     state: State
     message: str = ""
+    restarts: int = 0
 
     @property
     def ports(self) -> tuple[int, int, int]:
         return self.http_port, self.grpc_port, self.metrics_port
+
+
+@dataclass(frozen=True)
+class StackEvent:
+    """Something that happened to the stack. `at` is a time.monotonic() reading; `instance` is
+    the instance's name, None for Envoy and the stack as a whole; `kind` one of EVENT_KINDS."""
+
+    at: float
+    instance: str | None
+    kind: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -89,7 +142,7 @@ class StackSettings:
     holding one `.onnx` file and `labels.txt`; or an `.onnx` file, with `labels` or a
     `labels.txt` beside it. `devices` are given to the instances in turn (see
     serving.devices). `workdir`: None makes a temporary folder removed on stop; a given folder
-    is kept (repository, envoy.yaml and logs stay there for inspection).
+    is kept (repository, envoy.yaml, endpoint files and logs stay there for inspection).
     """
 
     instances: int = 2
@@ -118,20 +171,40 @@ class StackSettings:
     """Scheduling priority added to the Triton and Envoy processes. The window's embedded stack uses 10:
     on a laptop's few cores the window stays responsive while the servers take what is left."""
     envoy_log_level: str = "warn"
+    restart: bool = True
+    """Restart a Triton or Envoy that died (`flowerdemo serve --no-restart` turns it off)."""
+    max_restarts: int = 5
+    """Consecutive restarts of one process before it is left failed (reset after a minute up)."""
+    drain_timeout_s: float = 30.0
+    """How long a removed instance may take to finish its requests before it is stopped anyway."""
+    supervise_interval_s: float = 0.25
+
+
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 8.0
+_STABLE_S = 60.0
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** max(0, attempt - 1)))
 
 
 @dataclass
-class _Instance:
-    plan: InstancePlan
-    state: State = "stopped"
-    message: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    tmp_dir: Path | None = None
-    shm_prefix: str = ""
-    started_at: float = 0.0
-    expected_exit: bool = False
-    log_file: IO[bytes] | None = field(default=None, repr=False)
+class _Member:
+    """The stack's bookkeeping for one instance slot."""
+
+    instance: TritonInstance
+    wanted: bool = True
+    published: bool = False
+    """In Envoy's endpoint files (DRAINING while draining)."""
+    drain_started: float | None = None
+    stop_begun: bool = False
+    restart_after_stop: bool = False
+    restart_at: float | None = None
+    attempts: int = 0
+    ready_at: float | None = None
+    next_is_restart: bool = False
+    stopped_message: str = "stopped on request"
 
 
 def resolve_model(settings: StackSettings) -> tuple[Path, Path]:
@@ -167,71 +240,19 @@ def resolve_model(settings: StackSettings) -> tuple[Path, Path]:
     return onnx_path, labels
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """True when something listens on host:port (a socket in TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
-
-
-def summarize_triton_log(text: str) -> str:
-    """The first error line of a tritonserver log that explains a failure, else ''."""
-    found: list[str] = []
-    for line in text.splitlines():
-        match = _LOG_LINE.match(line)
-        if match is None:
-            if line.startswith("error: "):
-                found.append(line[len("error: ") :].strip())
-            continue
-        message = match.group(1)
-        if any(noise in message for noise in _HARMLESS):
-            continue
-        found.append(message.split("\\n")[0].strip())
-    preferred = [m for m in found if m.startswith(("failed to load", "failed to start"))]
-    chosen = preferred or found
-    return chosen[0] if chosen else ""
-
-
-def _read_tail(path: Path | None, limit: int = 200_000) -> str:
-    if path is None or not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - limit))
-        return handle.read().decode("utf-8", errors="replace")
-
-
-def _http_ready(url: str, timeout: float = 0.5) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _http_get(url: str, timeout: float = 1.0) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-            return str(response.read().decode("utf-8", errors="replace"))
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    # Each Triton leads its own process group, so its Python-backend stubs get the signal too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; True if it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
 
 
 class LocalStack:
-    """N Triton instances and one Envoy on this machine. See the module docstring."""
+    """Triton instances and one Envoy on this machine. See the module docstring."""
 
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
@@ -251,25 +272,34 @@ class LocalStack:
                 envoy_config.split_address(address, what)
         except envoy_config.EnvoyConfigError as error:
             raise StackError(str(error)) from error
-        last_port = s.base_port + 10 * (s.instances - 1) + 2
+        last_port = s.base_port + PORT_STRIDE * (s.instances - 1) + 2
         if s.base_port < 1 or last_port > 65535:
             raise StackError(
                 f"base port {s.base_port}: instance ports would run to {last_port} (max 65535)"
             )
-        plans = make_instances(s.instances, self._devices, s.base_port, s.host)
-        self._instances = [_Instance(plan=p) for p in plans]
         self._lock = threading.RLock()
         self._workdir: Path | None = None
         self._owns_workdir = False
         self._install: TritonInstall | None = None
-        self._backend_dir: Path | None = None
-        self._repositories: dict[str, Path] = {}
-        self._envoy: subprocess.Popen[bytes] | None = None
-        self._envoy_log: IO[bytes] | None = None
-        self._envoy_config_path: Path | None = None
+        self._launch_settings: LaunchSettings | None = None
+        self._members: list[_Member] = []
+        self._plans = [
+            make_instance(k, self._devices, s.base_port, s.host) for k in range(s.instances)
+        ]
+        self._envoy: EnvoyProcess | None = None
+        self._envoy_binary: Path | None = None
+        self._envoy_restart_at: float | None = None
+        self._envoy_attempts = 0
+        self._envoy_state = "stopped"
+        self._endpoints: envoy_config.EndpointWriter | None = None
         self._started = False
         self._atexit_registered = False
-        self._watchdog: subprocess.Popen[str] | None = None
+        self._watchdog = WatchdogClient()
+        self._listeners: list[Callable[[StackEvent], None]] = []
+        self._pending_events: list[StackEvent] = []
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
         # Names this stack's shared-memory regions apart from any other stack's, even another
         # one in this same process.
         self._owner_token = f"{os.getpid()}{secrets.token_hex(3)}"
@@ -281,13 +311,13 @@ class LocalStack:
         """What a gRPC client passes: Envoy's listener, or instance 0 without Envoy."""
         if self.settings.with_envoy:
             return self.settings.listen
-        return self._instances[0].plan.grpc_address
+        return self._plans[0].grpc_address
 
     @property
     def http_url(self) -> str:
         if self.settings.with_envoy:
             return self.settings.http_listen
-        return self._instances[0].plan.http_address
+        return self._plans[0].http_address
 
     @property
     def admin_url(self) -> str:
@@ -299,38 +329,73 @@ class LocalStack:
 
     @property
     def instance_count(self) -> int:
-        return len(self._instances)
+        """How many instance slots exist (running or not)."""
+        with self._lock:
+            return max(len(self._plans), len(self._members))
+
+    @property
+    def target_instances(self) -> int:
+        """How many instances the stack is keeping up (wanted), whatever their state now."""
+        with self._lock:
+            if not self._members:
+                return len(self._plans)
+            return sum(1 for m in self._members if m.wanted)
+
+    def _plan(self, index: int) -> InstancePlan:
+        with self._lock:
+            if self._members and 0 <= index < len(self._members):
+                return self._members[index].instance.plan
+            if 0 <= index < len(self._plans):
+                return self._plans[index]
+        raise IndexError(f"instance {index}: this stack has {self.instance_count} instances")
 
     def instance_grpc_url(self, index: int) -> str:
-        return self._instance(index).plan.grpc_address
+        return self._plan(index).grpc_address
 
     def instance_http_url(self, index: int) -> str:
-        return self._instance(index).plan.http_address
+        return self._plan(index).http_address
 
     def instance_shm_prefix(self, index: int) -> str:
         """The name prefix of instance `index`'s shared-memory regions under /dev/shm."""
         return shm_prefix(self._owner_token, index)
 
     def instance_log(self, index: int) -> Path | None:
-        return self._instance(index).log_path
+        with self._lock:
+            if 0 <= index < len(self._members):
+                return self._members[index].instance.log_path
+        return None
 
-    def plan(self) -> DeploymentPlan:
-        """The deployment this stack runs (repository and Envoy paths once started)."""
-        workdir = self._workdir or Path()
-        return DeploymentPlan(
-            model_name=self.settings.model_name,
-            repository=self._repositories.get("cpu", workdir / "repository"),
-            envoy_config=self._envoy_config_path or workdir / "envoy.yaml",
-            instances=tuple(i.plan for i in self._instances),
-            listen=self.settings.listen,
-            http_listen=self.settings.http_listen,
-            admin_listen=self.settings.admin_listen,
-        )
+    def envoy_pid(self) -> int | None:
+        envoy = self._envoy
+        return envoy.pid if envoy is not None else None
 
-    def _instance(self, index: int) -> _Instance:
-        if not 0 <= index < len(self._instances):
-            raise IndexError(f"instance {index}: this stack has {len(self._instances)} instances")
-        return self._instances[index]
+    # ----- listeners -------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[StackEvent], None]) -> None:
+        """`callback(event)` for every StackEvent, called on the supervisor thread (a GUI must
+        hop to its own thread). An exception in it is logged and ignored."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[StackEvent], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def _emit(self, instance: str | None, kind: str, message: str = "") -> None:
+        with self._lock:
+            self._pending_events.append(StackEvent(time.monotonic(), instance, kind, message))
+        self._wake.set()
+
+    def _dispatch_events(self) -> None:
+        with self._lock:
+            events, self._pending_events = self._pending_events, []
+            listeners = list(self._listeners)
+        for event in events:
+            for listener in listeners:
+                try:
+                    listener(event)
+                except Exception:  # a listener's bug must not stop the supervisor
+                    log.exception("stack listener failed on %s", event)
 
     # ----- life cycle ------------------------------------------------------------------------
 
@@ -347,26 +412,44 @@ class LocalStack:
         self.stop()
 
     def start(self) -> None:
-        """Start every instance, then Envoy; on any failure stop what was started and raise."""
+        """Start every instance, then Envoy, then the supervisor; on any failure stop what was
+        started and raise StackError."""
         with self._lock:
             if self._started:
                 raise StackError("stack: already started")
             self._started = True
+            self._stopping.clear()
             if not self._atexit_registered:
                 atexit.register(self.stop)
                 self._atexit_registered = True
             try:
                 self._prepare()
-                self._start_watchdog()
+                try:
+                    self._watchdog.start()
+                except OSError as error:
+                    raise StackError(f"stack: cannot start its watchdog: {error}") from error
+                if self._owns_workdir and self._workdir is not None:
+                    self._watchdog.tell(f"path {self._workdir}")
+                self._members = [_Member(self._new_instance(plan)) for plan in self._plans]
                 self._check_ports()
-                for instance in self._instances:
-                    self._launch(instance)
-                self._wait_ready(self._instances)
+                for member in self._members:
+                    self._launch(member)
+                self._wait_started([m.instance for m in self._members])
+                for member in self._members:
+                    member.ready_at = time.monotonic()
+                    member.published = True
                 if self.settings.with_envoy:
                     self._start_envoy()
+            except InstanceError as error:
+                self.stop()
+                raise StackError(str(error)) from error
             except BaseException:
                 self.stop()
                 raise
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="stack-supervisor", daemon=True
+            )
+            self._supervisor.start()
 
     def _prepare(self) -> None:
         s = self.settings
@@ -379,19 +462,21 @@ class LocalStack:
         try:
             self._install = find_triton()
         except TritonNotFound as error:
-            raise StackError(f"{self._instances[0].plan.name}: cannot start: {error}") from error
+            raise StackError(f"{self._plans[0].name}: cannot start: {error}") from error
         if s.with_envoy:
             try:
                 self._envoy_binary = envoy_config.find_envoy()
             except envoy_config.EnvoyNotFound as error:
                 raise StackError(f"envoy: cannot start: {error}") from error
-        kinds = {"gpu" if i.plan.uses_gpu else "cpu" for i in self._instances}
+        # Both kinds when the devices mix them, so an instance added later finds its repository.
+        kinds = {"cpu" if device == "cpu" else "gpu" for device in self._devices}
+        repositories: dict[str, Path] = {}
         if s.repository is not None:
             if not (Path(s.repository) / s.model_name).is_dir():
                 raise StackError(
                     f"model: repository {s.repository} has no model folder '{s.model_name}'"
                 )
-            self._repositories = dict.fromkeys(kinds, Path(s.repository))
+            repositories = dict.fromkeys(kinds, Path(s.repository))
             kinds = set()
         else:
             onnx_path, labels_path = resolve_model(s)
@@ -411,54 +496,33 @@ class LocalStack:
                 write_repository(onnx_path, labels_path, root, options, flavour="python")
             except RepositoryError as error:
                 raise StackError(f"model: {error}") from error
-            self._repositories[kind] = root
+            repositories[kind] = root
         # Once, before any instance runs: replacing this library under a running Triton
         # crashes it.
-        self._backend_dir = prepare_backend_dir(self._install, self._workdir / "backends")
+        backend_dir = prepare_backend_dir(self._install, self._workdir / "backends")
+        self._launch_settings = LaunchSettings(
+            install=self._install,
+            backend_dir=backend_dir,
+            workdir=self._workdir,
+            repositories=repositories,
+            niceness=s.niceness,
+            ready_timeout_s=s.ready_timeout_s,
+            stop_timeout_s=s.stop_timeout_s,
+        )
 
-    def _start_watchdog(self) -> None:
-        """A helper process that ends our children if this process dies without stop()
-        (killed by a signal, a crashed GUI): see serving.watchdog."""
-        try:
-            self._watchdog = subprocess.Popen(
-                [sys.executable, "-m", "flowerdemo.serving.watchdog"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                start_new_session=True,
-            )
-        except OSError as error:
-            raise StackError(f"stack: cannot start its watchdog: {error}") from error
-        if self._owns_workdir and self._workdir is not None:
-            self._tell_watchdog(f"path {self._workdir}")
-
-    def _tell_watchdog(self, line: str) -> None:
-        watchdog = self._watchdog
-        if watchdog is None or watchdog.stdin is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            watchdog.stdin.write(line + "\n")
-            watchdog.stdin.flush()
-
-    def _release_watchdog(self) -> None:
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            if watchdog.stdin is not None:
-                watchdog.stdin.write("release\n")
-                watchdog.stdin.close()
-        try:
-            watchdog.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+    def _new_instance(self, plan: InstancePlan) -> TritonInstance:
+        assert self._launch_settings is not None
+        return TritonInstance(
+            plan,
+            self._launch_settings,
+            self.instance_shm_prefix(plan.index),
+            tell_watchdog=self._watchdog.tell,
+        )
 
     def _check_ports(self) -> None:
         s = self.settings
-        for instance in self._instances:
-            self._check_instance_ports(instance)
+        for member in self._members:
+            member.instance.check_ports()
         if s.with_envoy:
             for what, address in (
                 ("gRPC listener", s.listen),
@@ -469,367 +533,590 @@ class LocalStack:
                 if port_in_use(host, port):
                     raise StackError(f"envoy: {what} port {port} on {host} is already in use")
 
-    def _check_instance_ports(self, instance: _Instance) -> None:
-        plan = instance.plan
-        for what, port in (
-            ("HTTP", plan.http_port),
-            ("gRPC", plan.grpc_port),
-            ("metrics", plan.metrics_port),
-        ):
-            if port_in_use(plan.host, port):
-                instance.state = "failed"
-                instance.message = f"{what} port {port} on {plan.host} is already in use"
-                raise StackError(f"{plan.name}: {instance.message}")
+    def _launch(self, member: _Member) -> None:
+        member.instance.start()
+        member.ready_at = None
+        member.stop_begun = False
+        member.drain_started = None
 
-    def _launch(self, instance: _Instance) -> None:
-        assert self._install is not None and self._backend_dir is not None
-        assert self._workdir is not None
-        plan = instance.plan
-        instance_dir = self._workdir / plan.name
-        instance.tmp_dir = instance_dir / "tmp"
-        instance.tmp_dir.mkdir(parents=True, exist_ok=True)
-        instance.log_path = instance_dir / "tritonserver.log"
-        instance.shm_prefix = self.instance_shm_prefix(plan.index)
-        repository = self._repositories["gpu" if plan.uses_gpu else "cpu"]
-        command = triton_command(
-            self._install,
-            repository=repository,
-            backend_dir=self._backend_dir,
-            host=plan.host,
-            http_port=plan.http_port,
-            grpc_port=plan.grpc_port,
-            metrics_port=plan.metrics_port,
-            shm_region_prefix=instance.shm_prefix,
-            gpu=plan.uses_gpu,
-        )
-        env = triton_environment(self._install, device=plan.device, tmp_dir=instance.tmp_dir)
-        if instance.log_file is not None:
-            instance.log_file.close()
-        instance.log_file = instance.log_path.open("ab")
-        try:
-            instance.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=instance.log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=instance_dir,
-                start_new_session=True,
-            )
-        except OSError as error:
-            instance.state = "failed"
-            instance.message = f"cannot run {command[0]}: {error}"
-            raise StackError(f"{plan.name}: {instance.message}") from error
-        # Set before the model loads, so the Python-backend stubs Triton starts inherit it.
-        self._lower_priority(instance.process.pid)
-        self._tell_watchdog(f"group {instance.process.pid}")
-        self._tell_watchdog(f"shm {instance.shm_prefix}")
-        instance.state = "starting"
-        instance.message = ""
-        instance.expected_exit = False
-        instance.started_at = time.monotonic()
-
-    def _lower_priority(self, pid: int) -> None:
-        # Linux keeps a nice value per thread; threads and processes started later inherit it,
-        # so setting it right after the spawn covers what the server starts afterwards.
-        if self.settings.niceness:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, pid, self.settings.niceness)
-
-    def _wait_ready(self, instances: list[_Instance]) -> None:
-        deadline = time.monotonic() + self.settings.ready_timeout_s
+    def _wait_started(self, instances: list[TritonInstance]) -> None:
+        """Blocking: until each is ready; StackError naming the first that failed."""
         waiting = list(instances)
         while waiting:
             for instance in list(waiting):
-                process = instance.process
-                assert process is not None
-                code = process.poll()
-                if code is not None:
-                    cause = summarize_triton_log(_read_tail(instance.log_path))
-                    instance.state = "failed"
-                    instance.message = f"exited with code {code} while starting" + (
-                        f": {cause}" if cause else f" (see {instance.log_path})"
-                    )
-                    raise StackError(f"{instance.plan.name}: {instance.message}")
-                url = f"http://{instance.plan.http_address}/v2/health/ready"
-                if _http_ready(url, timeout=0.5):
-                    instance.state = "ready"
-                    elapsed = time.monotonic() - instance.started_at
-                    instance.message = f"ready in {elapsed:.1f} s"
+                outcome = instance.check_started(probe_timeout=0.5)
+                if outcome == "failed":
+                    raise StackError(f"{instance.name}: {instance.message}")
+                if outcome == "ready":
                     waiting.remove(instance)
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                names = ", ".join(i.plan.name for i in waiting)
-                for instance in waiting:
-                    instance.state = "failed"
-                    instance.message = (
-                        f"not ready after {self.settings.ready_timeout_s:g} s "
-                        f"(see {instance.log_path})"
-                    )
-                raise StackError(
-                    f"{names}: not ready after {self.settings.ready_timeout_s:g} s; "
-                    f"logs in {self._workdir}"
-                )
-            time.sleep(0.1)
+            if waiting:
+                time.sleep(0.1)
 
-    def _envoy_settings(self) -> envoy_config.EnvoySettings:
-        s = self.settings
-        return envoy_config.EnvoySettings(
-            grpc_upstreams=tuple(i.plan.grpc_address for i in self._instances),
-            http_upstreams=tuple(i.plan.http_address for i in self._instances),
-            instance_names=tuple(i.plan.name for i in self._instances),
-            listen=s.listen,
-            http_listen=s.http_listen,
-            admin_listen=s.admin_listen,
-            lb_policy=s.lb_policy,
+    # ----- Envoy -----------------------------------------------------------------------------
+
+    def _endpoint_set(self) -> tuple[envoy_config.Endpoint, ...]:
+        return tuple(
+            envoy_config.Endpoint(
+                instance=m.instance.name,
+                grpc_address=m.instance.plan.grpc_address,
+                http_address=m.instance.plan.http_address,
+                draining=m.drain_started is not None,
+            )
+            for m in self._members
+            if m.published
         )
+
+    def _publish(self) -> None:
+        """Write Envoy's endpoint files from the members now published (atomically)."""
+        if self._endpoints is not None:
+            self._endpoints.write(self._endpoint_set())
 
     def _start_envoy(self) -> None:
-        assert self._workdir is not None
+        assert self._workdir is not None and self._envoy_binary is not None
+        s = self.settings
+        self._endpoints = envoy_config.EndpointWriter(self._workdir / "endpoints")
+        self._publish()
+        published = [m.instance.plan for m in self._members if m.published]
         try:
-            config = self._envoy_settings()
-            self._envoy_config_path = envoy_config.write_config(
-                config, self._workdir / "envoy.yaml"
+            config = envoy_config.EnvoySettings(
+                grpc_upstreams=tuple(p.grpc_address for p in published),
+                http_upstreams=tuple(p.http_address for p in published),
+                instance_names=tuple(p.name for p in published),
+                listen=s.listen,
+                http_listen=s.http_listen,
+                admin_listen=s.admin_listen,
+                lb_policy=s.lb_policy,
+                endpoints_dir=self._endpoints.directory,
             )
+            config_path = envoy_config.write_config(config, self._workdir / "envoy.yaml")
         except envoy_config.EnvoyConfigError as error:
             raise StackError(f"envoy: {error}") from error
-        command = envoy_config.envoy_command(
-            self._envoy_config_path,
-            envoy=self._envoy_binary,
-            concurrency=self.settings.envoy_concurrency,
-            log_level=self.settings.envoy_log_level,
+        self._envoy = EnvoyProcess(
+            config_path,
+            self._workdir / "envoy.log",
+            binary=self._envoy_binary,
+            concurrency=s.envoy_concurrency,
+            log_level=s.envoy_log_level,
+            niceness=s.niceness,
+            tell_watchdog=self._watchdog.tell,
         )
-        log_path = self._workdir / "envoy.log"
-        self._envoy_log = log_path.open("ab")
         try:
-            self._envoy = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=self._envoy_log,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-                start_new_session=True,
-            )
-        except OSError as error:
-            raise StackError(f"envoy: cannot run {command[0]}: {error}") from error
-        self._lower_priority(self._envoy.pid)
-        self._tell_watchdog(f"group {self._envoy.pid}")
+            self._envoy.start()
+        except ProxyError as error:
+            raise StackError(str(error)) from error
         deadline = time.monotonic() + 15.0
         while True:
-            code = self._envoy.poll()
-            if code is not None:
-                tail = _read_tail(log_path, 4000).strip().splitlines()
-                cause = next((line for line in reversed(tail) if "critical" in line), "")
-                cause = cause or (tail[-1] if tail else f"see {log_path}")
-                raise StackError(f"envoy: exited with code {code} while starting: {cause}")
+            if not self._envoy.alive():
+                raise StackError(f"envoy: {self._envoy.exit_message()} (while starting)")
             health = self.envoy_host_health()
             if health and all(flag == "healthy" for flag in health.values()):
+                self._envoy_state = "ready"
                 return
             if time.monotonic() > deadline:
                 raise StackError(f"envoy: instances not all healthy after 15 s: {health}")
             time.sleep(0.05)
 
+    def upstream_hosts(self, timeout_s: float = 1.0) -> list[UpstreamHost]:
+        """Envoy's hosts, every cluster (empty without Envoy or while it does not answer)."""
+        if not self.settings.with_envoy:
+            return []
+        try:
+            return read_upstream_hosts(self.settings.admin_listen, timeout_s)
+        except AdminError:
+            return []
+
     def envoy_host_health(self) -> dict[str, str]:
         """Per-instance health as Envoy sees it, for the gRPC cluster: name -> "healthy" or
-        Envoy's failure flags (for example "/failed_active_hc", "/failed_outlier_check").
+        Envoy's flags (for example "/failed_active_hc", "/failed_outlier_check", "/draining").
         Empty while Envoy does not answer."""
-        text = _http_get(f"{self.admin_url}/clusters", timeout=1.0)
-        if text is None:
-            return {}
-        by_address = {i.plan.grpc_address: i.plan.name for i in self._instances}
         health: dict[str, str] = {}
-        for line in text.splitlines():
-            parts = line.split("::")
-            if len(parts) == 4 and parts[0] == "triton_grpc" and parts[2] == "health_flags":
-                name = by_address.get(parts[1], parts[1])
-                health[name] = parts[3].strip()
+        for host in self.upstream_hosts():
+            if host.cluster != envoy_config.GRPC_CLUSTER:
+                continue
+            flags = list(host.health_flags) + (["draining"] if host.draining else [])
+            health[host.instance] = "healthy" if host.healthy else "".join(f"/{f}" for f in flags)
         return health
 
-    def envoy_pid(self) -> int | None:
-        return self._envoy.pid if self._envoy is not None and self._envoy.poll() is None else None
+    # ----- what the stack is asked to do -----------------------------------------------------
 
-    # ----- one instance ----------------------------------------------------------------------
+    def states(self) -> list[InstanceState]:
+        """A snapshot of every instance slot, in index order."""
+        with self._lock:
+            if not self._members:
+                return [
+                    InstanceState(
+                        index=p.index,
+                        name=p.name,
+                        pid=None,
+                        http_port=p.http_port,
+                        grpc_port=p.grpc_port,
+                        metrics_port=p.metrics_port,
+                        device=p.device,
+                        state="stopped",
+                    )
+                    for p in self._plans
+                ]
+            return [self._snapshot(m) for m in self._members]
+
+    @staticmethod
+    def _snapshot(member: _Member) -> InstanceState:
+        instance = member.instance
+        plan = instance.plan
+        return InstanceState(
+            index=plan.index,
+            name=plan.name,
+            pid=instance.pid,
+            http_port=plan.http_port,
+            grpc_port=plan.grpc_port,
+            metrics_port=plan.metrics_port,
+            device=plan.device,
+            state=instance.state,
+            message=instance.message,
+            restarts=instance.restarts,
+        )
+
+    def _member(self, name_or_index: str | int) -> _Member:
+        with self._lock:
+            for member in self._members:
+                if name_or_index in (member.instance.name, member.instance.plan.index):
+                    return member
+        raise StackError(f"no instance named {name_or_index!r}")
+
+    def _require_started(self) -> None:
+        if not self._started or self._launch_settings is None:
+            raise StackError("stack: not started")
+
+    def scale_to(self, count: int) -> None:
+        """Set the target: add instances or drain the newest until `count` are wanted. Returns
+        at once; the supervisor does the work."""
+        if count < 1:
+            raise StackError(f"instances: need at least 1, got {count}")
+        with self._lock:
+            self._require_started()
+            while self.target_instances < count:
+                self._add()
+            while self.target_instances > count:
+                self._remove(None)
+        self._wake.set()
+
+    def add_instance(self) -> str:
+        """Want one more instance; returns its name. It starts in the background and joins
+        Envoy's set once ready."""
+        with self._lock:
+            self._require_started()
+            name = self._add()
+        self._wake.set()
+        return name
+
+    def remove_instance(self, name: str | None = None) -> str:
+        """Drain and stop an instance (the newest wanted one by default); returns its name."""
+        with self._lock:
+            self._require_started()
+            removed = self._remove(name)
+        self._wake.set()
+        return removed
+
+    def kill_instance(self, name: str) -> None:
+        """SIGKILL the instance's tritonserver, as a crash would (fault injection). It stays
+        wanted: the supervisor reports it down and restarts it (unless restart is off)."""
+        with self._lock:
+            self._require_started()
+            member = self._member(name)
+            if not member.instance.alive():
+                raise StackError(f"{member.instance.name}: not running")
+            member.instance.kill()
+            self._emit(member.instance.name, "killed", "SIGKILL on request")
+        self._wake.set()
+
+    def restart_instance(self, name: str) -> None:
+        """Restart an instance: a running one is drained and stopped first; a down or failed one
+        (or one removed) starts again at once, with its restart count kept."""
+        with self._lock:
+            self._require_started()
+            member = self._member(name)
+            instance = member.instance
+            if instance.alive() and instance.state in ("starting", "ready", "ejected"):
+                member.restart_after_stop = True
+                member.wanted = False
+                self._begin_drain(member, "restart requested")
+            elif instance.alive():
+                member.restart_after_stop = True
+            else:
+                if not member.wanted:
+                    member.wanted = True
+                    self._emit(None, "target", f"target {self.target_instances}")
+                member.attempts = 0
+                member.next_is_restart = True
+                member.restart_at = time.monotonic()
+        self._wake.set()
+
+    def _add(self) -> str:
+        # Reuse the lowest free slot (its ports and name), else open a new one.
+        for member in self._members:
+            if (
+                not member.wanted
+                and member.instance.state in ("stopped", "failed")
+                and not member.instance.alive()
+                and not member.published
+            ):
+                member.wanted = True
+                member.attempts = 0
+                member.restart_at = time.monotonic()
+                self._emit(
+                    None,
+                    "target",
+                    f"target {self.target_instances}: add {member.instance.name}",
+                )
+                return member.instance.name
+        index = len(self._members)
+        s = self.settings
+        last_port = s.base_port + PORT_STRIDE * index + 2
+        if last_port > 65535:
+            raise StackError(f"instance {index}: its ports would run to {last_port} (max 65535)")
+        plan = make_instance(index, self._devices, s.base_port, s.host)
+        member = _Member(self._new_instance(plan), wanted=True, restart_at=time.monotonic())
+        self._members.append(member)
+        self._emit(None, "target", f"target {self.target_instances}: add {plan.name}")
+        return plan.name
+
+    def _remove(self, name: str | None) -> str:
+        wanted = [m for m in self._members if m.wanted]
+        if name is None:
+            if not wanted:
+                raise StackError("no instance to remove")
+            member = max(wanted, key=lambda m: m.instance.plan.index)
+        else:
+            member = self._member(name)
+            if not member.wanted:
+                raise StackError(f"{member.instance.name}: already removed")
+        if len(wanted) <= 1:
+            raise StackError(f"{member.instance.name}: the last instance cannot be removed")
+        member.wanted = False
+        member.restart_after_stop = False
+        member.restart_at = None
+        self._emit(None, "target", f"target {self.target_instances}: remove {member.instance.name}")
+        self._begin_drain(member, "removed")
+        return member.instance.name
+
+    def _begin_drain(self, member: _Member, why: str) -> None:
+        instance = member.instance
+        member.stopped_message = why
+        if instance.alive():
+            member.drain_started = time.monotonic()
+            member.stop_begun = False
+            instance.set_state("draining", why)
+            if member.published:
+                self._publish()
+            self._emit(instance.name, "draining", why)
+        else:
+            self._finish_stop(member)
+
+    # ----- blocking helpers (tests, the console) --------------------------------------------
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Until every wanted instance is ready and every other one stopped; True if so."""
+
+        def settled() -> bool:
+            with self._lock:
+                return all(
+                    (m.instance.state == "ready" and m.published and m.drain_started is None)
+                    if m.wanted
+                    else (m.instance.state in ("stopped", "failed") and not m.instance.alive())
+                    for m in self._members
+                )
+
+        return wait_until(settled, timeout, 0.05)
+
+    def start_instance(self, index: int, *, wait: bool = True) -> None:
+        """(Re)start instance `index` on its ports; with `wait`, return once it is ready (or
+        raise StackError with the cause)."""
+        with self._lock:
+            self._require_started()
+            member = self._member(index)
+            if not member.wanted:
+                member.wanted = True
+                self._emit(None, "target", f"target {self.target_instances}")
+            if not member.instance.alive():
+                member.attempts = 0
+                member.restart_at = time.monotonic()
+        self._wake.set()
+        if not wait:
+            return
+        deadline = time.monotonic() + self.settings.ready_timeout_s + 5
+
+        def outcome() -> bool:
+            with self._lock:
+                return member.instance.state in ("ready", "failed") and member.restart_at is None
+
+        while not outcome():
+            if time.monotonic() > deadline:
+                raise StackError(f"{member.instance.name}: not ready in time")
+            time.sleep(0.05)
+        if member.instance.state == "failed":
+            raise StackError(f"{member.instance.name}: {member.instance.message}")
+        # Ready means published too.
+        wait_until(lambda: member.published, 5.0)
 
     def stop_instance(
         self, index: int, *, kill: bool = False, timeout: float | None = None
     ) -> None:
-        """Stop instance `index`. `kill=True` sends SIGKILL to tritonserver alone, as a crash
-        would; otherwise SIGTERM to its process group. Either way we wait for it, then end its
-        leftover stubs and remove its shared memory and temporary files."""
+        """Stop instance `index` now, without draining (fault injection, tests): `kill=True`
+        sends SIGKILL to tritonserver alone, as a crash would; otherwise SIGTERM to its group.
+        It is no longer wanted, so the supervisor does not restart it."""
         with self._lock:
-            instance = self._instance(index)
-            process = instance.process
-            if process is None or process.poll() is not None:
-                self._reap(instance, "stopped" if instance.state != "failed" else "failed")
-                return
-            instance.expected_exit = True
+            member = self._member(index)
+            instance = member.instance
+            was_wanted = member.wanted
+            member.wanted = False
+            member.restart_at = None
+            member.restart_after_stop = False
             if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-            else:
-                _signal_group(process, signal.SIGTERM)
-            self._wait_exit(
-                process, timeout if timeout is not None else self.settings.stop_timeout_s
+                instance.kill()
+            instance.stop(timeout)
+            member.stopped_message = "killed (SIGKILL)" if kill else "stopped on request"
+            self._finish_stop(member)
+            if was_wanted:
+                self._emit(None, "target", f"target {self.target_instances}")
+
+    # ----- the supervisor --------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        interval = self.settings.supervise_interval_s
+        while not self._stopping.is_set():
+            try:
+                self._tick()
+            except Exception:  # keep supervising whatever one step did
+                log.exception("stack supervisor step failed")
+            self._dispatch_events()
+            self._wake.wait(interval)
+            self._wake.clear()
+        self._dispatch_events()
+
+    def _tick(self) -> None:
+        envoy = self._envoy
+        # None: Envoy's view is unknown this time (it does not run or does not answer).
+        hosts: list[UpstreamHost] | None = None
+        if envoy is not None and envoy.alive():
+            try:
+                hosts = read_upstream_hosts(self.settings.admin_listen, 0.5)
+            except AdminError:
+                hosts = None
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._supervise_envoy()
+            for member in list(self._members):
+                self._step(member, hosts)
+
+    def _hosts_of(self, member: _Member, hosts: list[UpstreamHost] | None) -> list[UpstreamHost]:
+        plan = member.instance.plan
+        return [h for h in hosts or () if h.address in (plan.grpc_address, plan.http_address)]
+
+    def _step(self, member: _Member, hosts: list[UpstreamHost] | None) -> None:
+        instance = member.instance
+        now = time.monotonic()
+        state = instance.state
+        if state == "starting":
+            outcome = instance.check_started(probe_timeout=0.2)
+            if outcome == "ready":
+                member.ready_at = now
+                if member.wanted:
+                    member.published = True
+                    self._publish()
+                    self._emit(instance.name, "ready", instance.message)
+                else:
+                    self._begin_drain(member, member.stopped_message)
+            elif outcome == "failed":
+                message = instance.message
+                instance.reap("failed", message)
+                self._after_failure(member, "failed", message)
+            return
+        if state in ("ready", "ejected"):
+            if not instance.alive():
+                message = instance.death_message()
+                instance.reap("down", message)
+                self._after_failure(member, "down", message)
+                return
+            if member.ready_at is not None and now - member.ready_at > _STABLE_S:
+                member.attempts = 0
+            mine = self._hosts_of(member, hosts)
+            if mine:
+                ejected = any(h.ejected for h in mine)
+                if ejected and state == "ready":
+                    flags = sorted({f for h in mine for f in h.health_flags})
+                    instance.set_state("ejected", "Envoy: " + ", ".join(flags))
+                    self._emit(instance.name, "ejected", instance.message)
+                elif not ejected and state == "ejected":
+                    instance.set_state("ready", "healthy again")
+                    self._emit(instance.name, "ready", instance.message)
+            return
+        if state == "draining":
+            self._step_drain(member, hosts, now)
+            return
+        if state in ("down", "failed", "stopped") and (
+            member.wanted
+            and member.restart_at is not None
+            and now >= member.restart_at
+            and not instance.alive()
+        ):
+            self._relaunch(member)
+
+    def _step_drain(self, member: _Member, hosts: list[UpstreamHost] | None, now: float) -> None:
+        instance = member.instance
+        if not member.stop_begun:
+            assert member.drain_started is not None
+            mine = self._hosts_of(member, hosts)
+            envoy_up = self._envoy is not None and self._envoy.alive()
+            # Envoy has taken the new endpoint set (the host shows DRAINING, or is gone) and
+            # has nothing in flight on it.
+            drained = (
+                not member.published
+                or not envoy_up
+                or (hosts is not None and all(h.draining and h.rq_active == 0 for h in mine))
             )
-            self._reap(instance, "stopped", "killed (SIGKILL)" if kill else "stopped on request")
-
-    def start_instance(self, index: int, *, wait: bool = True) -> None:
-        """(Re)start instance `index` on its ports; with `wait`, return once it is ready."""
-        with self._lock:
-            if not self._started:
-                raise StackError("stack: not started")
-            instance = self._instance(index)
-            if instance.process is not None and instance.process.poll() is None:
-                if instance.state == "ready":
-                    return
-            else:
-                self._reap(instance, instance.state)
-                self._check_instance_ports(instance)
-                self._launch(instance)
-            if wait:
-                try:
-                    self._wait_ready([instance])
-                except StackError:
-                    self._stop_group(instance)
-                    self._reap(instance, "failed", instance.message)
-                    raise
-
-    def states(self) -> list[InstanceState]:
-        with self._lock:
-            result = []
-            for instance in self._instances:
-                self._refresh(instance)
-                plan = instance.plan
-                process = instance.process
-                result.append(
-                    InstanceState(
-                        index=plan.index,
-                        name=plan.name,
-                        pid=process.pid if process is not None and process.poll() is None else None,
-                        http_port=plan.http_port,
-                        grpc_port=plan.grpc_port,
-                        metrics_port=plan.metrics_port,
-                        device=plan.device,
-                        state=instance.state,
-                        message=instance.message,
-                    )
-                )
-            return result
-
-    def _refresh(self, instance: _Instance) -> None:
-        process = instance.process
-        if process is None:
+            timed_out = now - member.drain_started > self.settings.drain_timeout_s
+            if drained or timed_out or not instance.alive():
+                instance.begin_stop()
+                member.stop_begun = True
             return
-        code = process.poll()
-        if code is None:
-            if instance.state == "starting" and _http_ready(
-                f"http://{instance.plan.http_address}/v2/health/ready", timeout=0.2
-            ):
-                instance.state = "ready"
+        if instance.check_stopped():
+            self._finish_stop(member)
+
+    def _finish_stop(self, member: _Member) -> None:
+        instance = member.instance
+        instance.reap("stopped", member.stopped_message)
+        member.drain_started = None
+        member.stop_begun = False
+        if member.published:
+            member.published = False
+            self._publish()
+        self._emit(instance.name, "stopped", member.stopped_message)
+        if member.restart_after_stop:
+            member.restart_after_stop = False
+            member.wanted = True
+            member.attempts = 0
+            member.next_is_restart = True
+            member.restart_at = time.monotonic()
+
+    def _after_failure(self, member: _Member, kind: State, message: str) -> None:
+        instance = member.instance
+        self._emit(instance.name, kind, message)
+        if not member.wanted:
+            instance.set_state("stopped", member.stopped_message)
+            if member.published:
+                member.published = False
+                self._publish()
             return
-        if instance.state in ("ready", "starting"):
-            cause = summarize_triton_log(_read_tail(instance.log_path))
-            detail = f": {cause}" if cause else ""
-            self._reap(instance, "failed", f"exited unexpectedly with code {code}{detail}")
+        if not self.settings.restart:
+            member.restart_at = None
+            return
+        if member.attempts >= self.settings.max_restarts:
+            member.restart_at = None
+            instance.set_state("failed", f"{message}; gave up after {member.attempts} restart(s)")
+            self._emit(instance.name, "failed", instance.message)
+            return
+        member.attempts += 1
+        delay = _backoff(member.attempts)
+        member.restart_at = time.monotonic() + delay
+        member.next_is_restart = True
+        instance.set_state(kind, f"{message}; restart {member.attempts} in {delay:g} s")
 
-    # ----- stopping and cleaning up ----------------------------------------------------------
-
-    @staticmethod
-    def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> None:
+    def _relaunch(self, member: _Member) -> None:
+        instance = member.instance
+        member.restart_at = None
+        restart, member.next_is_restart = member.next_is_restart, False
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-
-    def _stop_group(self, instance: _Instance) -> None:
-        process = instance.process
-        if process is None:
+            instance.check_ports()
+            self._launch(member)
+        except InstanceError:
+            message = instance.message
+            instance.reap("failed", message)
+            self._after_failure(member, "failed", message)
             return
-        if process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
-            self._wait_exit(process, self.settings.stop_timeout_s)
-        # Stubs outlive a killed tritonserver for a few seconds; end them now.
-        _signal_group(process, signal.SIGKILL)
+        if restart:
+            instance.restarts += 1
+        self._emit(instance.name, "restarting" if restart else "starting", instance.plan.device)
 
-    def _reap(self, instance: _Instance, state: State, message: str | None = None) -> None:
-        process = instance.process
-        if process is not None:
-            _signal_group(process, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-            self._tell_watchdog(f"forget {process.pid}")
-        if instance.log_file is not None:
-            instance.log_file.close()
-            instance.log_file = None
-        remove_shm_regions(instance.shm_prefix)
-        if instance.tmp_dir is not None and instance.tmp_dir.exists():
-            shutil.rmtree(instance.tmp_dir, ignore_errors=True)
-            instance.tmp_dir.mkdir(parents=True, exist_ok=True)
-        instance.process = None
-        instance.state = state
-        if message is not None:
-            instance.message = message
+    def _supervise_envoy(self) -> None:
+        envoy = self._envoy
+        if envoy is None:
+            return
+        now = time.monotonic()
+        if self._envoy_state == "ready" and not envoy.alive():
+            message = envoy.exit_message()
+            envoy.reap()
+            self._emit(None, "envoy_down", message)
+            if not self.settings.restart:
+                self._envoy_state = "down"
+                return
+            if self._envoy_attempts >= self.settings.max_restarts:
+                self._envoy_state = "failed"
+                self._emit(None, "envoy_failed", f"gave up after {self._envoy_attempts} restart(s)")
+                return
+            self._envoy_attempts += 1
+            self._envoy_restart_at = now + _backoff(self._envoy_attempts)
+            self._envoy_state = "down"
+            return
+        if self._envoy_state == "down" and self._envoy_restart_at is not None:
+            if now < self._envoy_restart_at:
+                return
+            self._envoy_restart_at = None
+            try:
+                self._publish()
+                envoy.start()
+            except (ProxyError, OSError) as error:
+                self._emit(None, "envoy_failed", str(error))
+                self._envoy_state = "failed"
+                return
+            envoy.restarts += 1
+            self._envoy_state = "starting"
+            self._emit(None, "envoy_restarting", f"restart {self._envoy_attempts}")
+            return
+        if self._envoy_state == "starting":
+            if not envoy.alive():
+                self._envoy_state = "ready"  # noticed as down on the next step
+                return
+            if http_ready(f"{self.admin_url}/ready", timeout=0.2):
+                self._envoy_state = "ready"
+                self._emit(None, "envoy_ready", f"pid {envoy.pid}")
+        if self._envoy_state == "ready" and now - envoy.started_at > _STABLE_S:
+            self._envoy_attempts = 0
+
+    @property
+    def envoy_state(self) -> str:
+        """ "ready", "starting", "down", "failed" or "stopped"."""
+        return self._envoy_state
+
+    # ----- stopping --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop Envoy and every instance, then remove what they left. Safe to call twice."""
+        """Stop the supervisor, Envoy and every instance, then remove what they left. Safe to
+        call twice."""
+        self._stopping.set()
+        self._wake.set()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=30)
+        self._supervisor = None
         with self._lock:
             if self._envoy is not None:
-                if self._envoy.poll() is None:
-                    self._envoy.terminate()
-                self._wait_exit(self._envoy, 5.0)
-                self._tell_watchdog(f"forget {self._envoy.pid}")
-                self._envoy = None
-            if self._envoy_log is not None:
-                self._envoy_log.close()
-                self._envoy_log = None
+                self._envoy.stop()
+            self._envoy_state = "stopped"
             # Signal every instance first, then wait: they shut down in parallel.
-            for instance in self._instances:
-                process = instance.process
-                if process is not None and process.poll() is None:
-                    instance.expected_exit = True
-                    _signal_group(process, signal.SIGTERM)
-            for instance in self._instances:
-                process = instance.process
-                if process is not None:
-                    self._wait_exit(process, self.settings.stop_timeout_s)
+            for member in self._members:
+                if member.instance.alive():
+                    member.instance.begin_stop()
+            for member in self._members:
+                instance = member.instance
+                instance.stop()
                 keep_failure = instance.state == "failed"
-                self._reap(
-                    instance,
-                    "failed" if keep_failure else "stopped",
-                    None if keep_failure else "",
-                )
-                if instance.tmp_dir is not None:
-                    shutil.rmtree(instance.tmp_dir, ignore_errors=True)
+                instance.reap("failed" if keep_failure else "stopped", None if keep_failure else "")
+                member.published = False
             if self._owns_workdir and self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
-            self._release_watchdog()
+            self._watchdog.release()
             self._started = False
             if self._atexit_registered:
                 atexit.unregister(self.stop)
                 self._atexit_registered = False
-
-
-def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
-    """Remove the shared-memory regions named with `prefix` (one instance's own prefix)."""
-    if not prefix or not shm_dir.is_dir():
-        return []
-    removed = []
-    for path in shm_dir.glob(f"{prefix}*"):
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass; True if it became true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
+        self._dispatch_events()

@@ -16,7 +16,9 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +73,50 @@ def main() -> int:
             paths.add(argument)
     clean_up(groups, prefixes, paths)
     return 0
+
+
+class WatchdogClient:
+    """The owner's side: starts the watchdog and tells it what to clean up. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the watchdog process; OSError when it cannot run."""
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "flowerdemo.serving.watchdog"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+    def tell(self, line: str) -> None:
+        with self._lock:
+            process = self._process
+            if process is None or process.stdin is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.write(line + "\n")
+                process.stdin.flush()
+
+    def release(self) -> None:
+        """The owner stopped everything itself: the watchdog exits doing nothing."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if process.stdin is not None:
+                process.stdin.write("release\n")
+                process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":
