@@ -38,7 +38,7 @@ class _Load:
     """The engine in automatic mode with `concurrency` outstanding, its events collected."""
 
     def __init__(self, url: str, concurrency: int = 8) -> None:
-        photos = [image.rgb for image in load_images(sample_images_dir()).images[:8]]
+        photos = [image.image for image in load_images(sample_images_dir()).images[:8]]
         self.engine = InferenceEngine(EngineSettings(url=url, request_timeout_s=15), photos)
         self.events: list[InferenceEvent] = []
         self.engine.add_sink(self.events.append)

@@ -143,8 +143,15 @@ def test_envoy_spreads_requests_over_both_instances(local_stack):
     before = [_inference_count(local_stack, k) for k in range(2)]
     for _ in range(10):
         _grpc_top3(local_stack.grpc_url)
-    after = [_inference_count(local_stack, k) for k in range(2)]
-    served = [a - b for a, b in zip(after, before, strict=True)]
+    served: list[int] = []
+
+    def counted() -> bool:
+        # Triton updates its statistics just after it answers: give the last one a moment.
+        after = [_inference_count(local_stack, k) for k in range(2)]
+        served[:] = [a - b for a, b in zip(after, before, strict=True)]
+        return sum(served) >= 20
+
+    wait_until(counted, timeout=5, interval=0.1)
     # Round robin with one Envoy worker: ten 2-image requests, five to each instance.
     assert served == [10, 10]
 
