@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.images import NoImagesError, load_images
+from flowerdemo.core.model_spec import WIRE_CHOICES
 from flowerdemo.core.server_stats import ServerStatsReader
 from flowerdemo.core.stats import (
     DEFAULT_PERCENTILE,
@@ -49,6 +50,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="START:END[:STEP] or a list like 1,2,4,8 (default 1:16)",
     )
     parser.add_argument("-b", "--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--wire",
+        choices=WIRE_CHOICES,
+        default="fp32",
+        help="how images travel: fp32, uint8, jpeg (the model's variants) or auto (the smallest)",
+    )
     parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
     parser.add_argument("--max-windows", type=int, default=10)
     parser.add_argument(
@@ -136,6 +143,7 @@ def run_bench(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         model=args.model,
         batch_size=args.batch_size,
+        wire=args.wire,
         images=args.images,
         timeout_s=args.timeout,
         instances=args.instances,

@@ -236,5 +236,5 @@ def test_wire_options_out_of_range(model_dir):
         RepositoryOptions(scaling="sepia").check()
     with pytest.raises(RepositoryError, match="must include 'fp32'"):
         RepositoryOptions(wires=("jpeg",)).check()
-    with pytest.raises(RepositoryError, match="serves only fp32"):
+    with pytest.raises(RepositoryError, match="serves its variants as ensembles"):
         render_config(info, RepositoryOptions(), flavour="onnx", wire="uint8")

@@ -153,3 +153,45 @@ def test_the_window_shows_the_wire_and_the_bytes_per_request(qtbot, open_window,
     text = window.live_panel.server_label.text()
     assert "model flowers_uint8" in text
     assert "wire uint8: 151 kB a request" in text
+
+
+async def test_the_container_flavours_serve_the_variants_as_ensembles(
+    tmp_path, stack_settings, served_model_dir, samples
+):
+    # NVIDIA's containers run the network natively (onnxruntime_onnx, tensorrt_plan); the bundled
+    # tritonserver has neither backend, so the network step here is the same network as a
+    # Python-backend model. The preprocessing models and the ensembles are the onnx flavour's own.
+    import shutil
+
+    from flowerdemo.serving.repository import RepositoryOptions, write_repository
+    from flowerdemo.serving.stack import LocalStack
+
+    root = tmp_path / "repository"
+    onnx_path, labels_path = served_model_dir / "flowers.onnx", served_model_dir / "labels.txt"
+    written = write_repository(onnx_path, labels_path, root, flavour="onnx")
+    assert written.model_names == (
+        "flowers",
+        "flowers_uint8",
+        "flowers_uint8_preprocess",
+        "flowers_jpeg",
+        "flowers_jpeg_preprocess",
+    )
+    assert 'platform: "ensemble"' in (root / "flowers_jpeg" / "config.pbtxt").read_text()
+    shutil.rmtree(root / "flowers")
+    network = tmp_path / "network"
+    write_repository(onnx_path, labels_path, network, RepositoryOptions(wires=("fp32",)))
+    shutil.copytree(network / "flowers", root / "flowers")
+
+    stack = LocalStack(stack_settings(1, repository=root))
+    stack.start()
+    try:
+        photos = [s.image for s in samples[:24]]
+        _, _, fp32 = await _top1(stack.grpc_url, photos, "fp32")
+        uint8_spec, _, uint8 = await _top1(stack.grpc_url, photos, "uint8")
+        jpeg_spec, _, jpeg = await _top1(stack.http_url, photos, "jpeg", "http")
+    finally:
+        stack.stop()
+    assert (uint8_spec.platform, jpeg_spec.platform) == ("ensemble", "ensemble")
+    assert (jpeg_spec.height, jpeg_spec.stated_scaling) == (224, "inception")
+    assert fp32 == uint8 == jpeg
+    assert sum(fp32[k] == s.truth for k, s in enumerate(samples[:24])) >= 21

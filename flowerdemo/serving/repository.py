@@ -26,8 +26,10 @@ Python-backend model that converts its input and runs the ONNX file in the same 
 - one model with several optional inputs would split dynamic batches by which input is set and
   break the one-input contract every Triton image client assumes.
 The price is one more ONNX Runtime session and stub process per variant (about 60 MB each for
-the bundled model) per Triton instance. The onnx and tensorrt flavours write the network model
-only.
+the bundled model) per Triton instance. The onnx and tensorrt flavours (NVIDIA's containers,
+where the network runs natively on the GPU) write each variant as Triton's ensemble instead:
+`<model>_<wire>_preprocess` (Python backend, CPU: decode, resize, scale) then `<model>`, so the
+GPU's batches mix every wire's requests (render_ensemble_configs).
 """
 
 from __future__ import annotations
@@ -248,6 +250,29 @@ def _onnx_layout(info: OnnxModelInfo, options: RepositoryOptions) -> tuple[str, 
     return "NCHW", dims[0], dims[1], dims[2]
 
 
+def _variant_input(
+    info: OnnxModelInfo, options: RepositoryOptions, wire: str
+) -> tuple[str, str, tuple[int, ...], list[str]]:
+    """A wire variant's input (data type, format, dims) and the parameters that say what it is."""
+    layout, channels, height, width = _onnx_layout(info, options)
+    if channels != 3:
+        raise RepositoryError(
+            f"model file {info.path}: the uint8 and jpeg variants need an RGB input, "
+            f"found {channels} channel(s)"
+        )
+    parameters = [
+        _parameter("flowerdemo_input", wire),
+        _parameter("flowerdemo_onnx_layout", layout),
+    ]
+    if wire == "uint8":
+        return "TYPE_UINT8", "FORMAT_NHWC", (height, width, 3), parameters
+    parameters += [
+        _parameter("flowerdemo_image_height", str(height)),
+        _parameter("flowerdemo_image_width", str(width)),
+    ]
+    return "TYPE_STRING", "FORMAT_NONE", (1,), parameters
+
+
 def render_config(
     info: OnnxModelInfo,
     options: RepositoryOptions,
@@ -260,7 +285,8 @@ def render_config(
         raise RepositoryError(f"repository flavour {flavour!r}: must be one of {FLAVOURS}")
     if wire not in WIRES or (wire != "fp32" and flavour != "python"):
         raise RepositoryError(
-            f"wire {wire!r}: the {flavour} flavour serves only fp32"
+            f"wire {wire!r}: the {flavour} flavour serves its variants as ensembles "
+            "(render_ensemble_configs)"
             if wire in WIRES
             else f"wire {wire!r}: must be one of {WIRES}"
         )
@@ -278,24 +304,9 @@ def render_config(
     input_type, input_dims = info.input.data_type, info.input.dims
     variant_parameters: list[str] = []
     if wire != "fp32":
-        layout, channels, height, width = _onnx_layout(info, options)
-        variant_parameters = [
-            _parameter("flowerdemo_input", wire),
-            _parameter("flowerdemo_onnx_layout", layout),
-        ]
-        if wire == "uint8":
-            input_type, image_format, input_dims = "TYPE_UINT8", "FORMAT_NHWC", (height, width, 3)
-        else:
-            input_type, image_format, input_dims = "TYPE_STRING", "FORMAT_NONE", (1,)
-            variant_parameters += [
-                _parameter("flowerdemo_image_height", str(height)),
-                _parameter("flowerdemo_image_width", str(width)),
-            ]
-        if channels != 3:
-            raise RepositoryError(
-                f"model file {info.path}: the uint8 and jpeg variants need an RGB input, "
-                f"found {channels} channel(s)"
-            )
+        input_type, image_format, input_dims, variant_parameters = _variant_input(
+            info, options, wire
+        )
     lines += [
         "input [",
         "  {",
@@ -337,6 +348,98 @@ def render_config(
             *variant_parameters,
         ]
     return "\n".join(lines) + "\n"
+
+
+PREPROCESSED_TENSOR = "pixels"
+
+
+def preprocess_model_name(model_name: str, wire: str) -> str:
+    return f"{variant_name(model_name, wire)}_preprocess"
+
+
+def render_ensemble_configs(
+    info: OnnxModelInfo, options: RepositoryOptions, wire: str
+) -> tuple[str, str]:
+    """For the onnx and tensorrt flavours: (preprocessing model config, ensemble config).
+
+    NVIDIA's containers run the network natively (ONNX Runtime, TensorRT), so a variant is
+    Triton's ensemble, as in its image ensemble example: a Python-backend model (CPU) turns the
+    variant's input into the network's tensor, and the network model runs it, batching the
+    variants' requests with the FP32 ones.
+    """
+    if wire not in WIRES or wire == "fp32":
+        raise RepositoryError(f"wire {wire!r}: an ensemble variant is uint8 or jpeg")
+    options.check()
+    max_batch_size = options.max_batch_size if info.batched else 0
+    input_type, image_format, input_dims, variant_parameters = _variant_input(info, options, wire)
+    variant_input = [
+        "input [",
+        "  {",
+        f'    name: "{info.input.name}"',
+        f"    data_type: {input_type}",
+        f"    format: {image_format}",
+        f"    dims: {_dims(input_dims)}",
+        "  }",
+        "]",
+    ]
+    scaling = _parameter(SCALING_PARAMETER, options.scaling)
+    preprocess_name = preprocess_model_name(options.model_name, wire)
+    preprocess = [
+        f'name: "{preprocess_name}"',
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        *variant_input,
+        "output [",
+        "  {",
+        f'    name: "{PREPROCESSED_TENSOR}"',
+        f"    data_type: {info.input.data_type}",
+        f"    dims: {_dims(info.input.dims)}",
+        "  }",
+        "]",
+        # Decoding and scaling are CPU work, wherever the network runs.
+        "instance_group [",
+        "  {",
+        f"    count: {options.instance_count}",
+        "    kind: KIND_CPU",
+        "  }",
+        "]",
+        _parameter("flowerdemo_role", "preprocess"),
+        scaling,
+        *variant_parameters,
+    ]
+    ensemble = [
+        f'name: "{variant_name(options.model_name, wire)}"',
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch_size}",
+        *variant_input,
+        "output [",
+        "  {",
+        f'    name: "{info.output.name}"',
+        f"    data_type: {info.output.data_type}",
+        f"    dims: {_dims(info.output.dims)}",
+        f'    label_filename: "{LABELS_FILE_NAME}"',
+        "  }",
+        "]",
+        "ensemble_scheduling {",
+        "  step [",
+        "    {",
+        f'      model_name: "{preprocess_name}"',
+        "      model_version: -1",
+        f'      input_map {{ key: "{info.input.name}" value: "{info.input.name}" }}',
+        f'      output_map {{ key: "{PREPROCESSED_TENSOR}" value: "{PREPROCESSED_TENSOR}" }}',
+        "    },",
+        "    {",
+        f'      model_name: "{options.model_name}"',
+        "      model_version: -1",
+        f'      input_map {{ key: "{info.input.name}" value: "{PREPROCESSED_TENSOR}" }}',
+        f'      output_map {{ key: "{info.output.name}" value: "{info.output.name}" }}',
+        "    }",
+        "  ]",
+        "}",
+        scaling,
+        *[p for p in variant_parameters if "image_" in p],
+    ]
+    return "\n".join(preprocess) + "\n", "\n".join(ensemble) + "\n"
 
 
 def _parameter(key: str, value: str) -> str:
@@ -389,9 +492,26 @@ def write_repository(
 
     build_command: tuple[str, ...] = ()
     model_names = [options.model_name]
+    template = resources.files("flowerdemo.serving") / TRITON_MODEL_TEMPLATE
+    if flavour != "python":
+        for wire in options.wires:
+            if wire == "fp32":
+                continue
+            preprocess_config, ensemble_config = render_ensemble_configs(info, options, wire)
+            name = variant_name(options.model_name, wire)
+            preprocess_name = preprocess_model_name(options.model_name, wire)
+            (root / preprocess_name / "1").mkdir(parents=True, exist_ok=True)
+            (root / preprocess_name / "config.pbtxt").write_text(preprocess_config, "utf-8")
+            (root / preprocess_name / "1" / "model.py").write_text(
+                template.read_text(encoding="utf-8"), "utf-8"
+            )
+            # An ensemble has no files of its own, but Triton wants its version folder.
+            (root / name / str(options.version)).mkdir(parents=True, exist_ok=True)
+            (root / name / "config.pbtxt").write_text(ensemble_config, "utf-8")
+            (root / name / LABELS_FILE_NAME).write_text("\n".join(labels) + "\n", "utf-8")
+            model_names += [name, preprocess_name]
     if flavour == "python":
         shutil.copyfile(info.path, version_dir / "model.onnx")
-        template = resources.files("flowerdemo.serving") / TRITON_MODEL_TEMPLATE
         model_code = template.read_text(encoding="utf-8")
         (version_dir / "model.py").write_text(model_code, "utf-8")
         for wire in options.wires:

@@ -15,6 +15,9 @@ input carries, so one template serves every variant of any ONNX classifier:
   preprocessing does), then scaled like a uint8 input.
 
 Each variant is its own model with its own ONNX Runtime session (see repository.py for why).
+With `flowerdemo_role: preprocess` the model only converts its input and returns the network's
+tensor (its config's one output): the first step of an ensemble whose second step is a network
+that Triton runs natively (ONNX Runtime or TensorRT backends).
 """
 
 from __future__ import annotations
@@ -59,7 +62,13 @@ def scale_pixels(pixels: Any, scaling: str) -> Any:
 
 def fit_encoded(data: bytes, width: int, height: int) -> Any:
     """Decode an image, resize it to cover width x height, cut the centre: H x W x 3 uint8."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as error:  # NVIDIA's Triton image has numpy but not Pillow
+        raise ValueError(
+            "the encoded-image input needs Pillow in the Python backend's environment "
+            "(pip install pillow in the Triton image)"
+        ) from error
 
     with Image.open(io.BytesIO(data)) as opened:
         if opened.width * opened.height > MAX_ENCODED_PIXELS:
@@ -83,6 +92,20 @@ def fit_encoded(data: bytes, width: int, height: int) -> Any:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        self.input_kind = _parameter(config, "flowerdemo_input", "tensor")
+        self.scaling = _parameter(config, "flowerdemo_scaling", "none")
+        self.onnx_layout = _parameter(config, "flowerdemo_onnx_layout", "NCHW")
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.session: Any = None
+        if _parameter(config, "flowerdemo_role", "classify") == "preprocess":
+            # The output is the network's input tensor: its dims give the image size.
+            dims = [int(d) for d in config["output"][0]["dims"]]
+            self.onnx_input_dtype = self.output_dtype
+            self._set_size(dims)
+            return
         version_dir = Path(args["model_repository"]) / args["model_version"]
         onnx_path = version_dir / _parameter(config, "onnx_file", "model.onnx")
 
@@ -99,22 +122,16 @@ class TritonPythonModel:
             device_id = int(args.get("model_instance_device_id", "0"))
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
-
-        self.input_kind = _parameter(config, "flowerdemo_input", "tensor")
-        self.scaling = _parameter(config, "flowerdemo_scaling", "none")
-        self.onnx_layout = _parameter(config, "flowerdemo_onnx_layout", "NCHW")
         onnx_input = self.session.get_inputs()[0]
         self.onnx_input_name = onnx_input.name
         self.onnx_input_dtype = np.float16 if "float16" in onnx_input.type else np.float32
-        image_dims = [int(d) for d in onnx_input.shape[-3:]]
+        self._set_size([int(d) for d in onnx_input.shape[-3:]])
+
+    def _set_size(self, image_dims: list[int]) -> None:
         if self.onnx_layout == "NCHW":
             self.height, self.width = image_dims[1], image_dims[2]
         else:
             self.height, self.width = image_dims[0], image_dims[1]
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
-        self.batched = int(config.get("max_batch_size", 0)) > 0
 
     def _network_input(self, array: Any) -> Any:
         """One request's input as the network's tensor (with a batch dimension when batching)."""
@@ -132,6 +149,8 @@ class TritonPythonModel:
         return tensor if self.batched else tensor[0]
 
     def _run(self, batch: Any) -> Any:
+        if self.session is None:  # preprocessing step of an ensemble: the tensor is the answer
+            return batch
         (result,) = self.session.run([self.output_name], {self.onnx_input_name: batch})
         return np.ascontiguousarray(result, dtype=self.output_dtype)
 
