@@ -8,10 +8,11 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy
+from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, ScaleDecision
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.events import UNKNOWN_INSTANCE, InferenceEvent
 from flowerdemo.core.images import FlowerImage, NoImagesError, load_images
@@ -129,32 +130,58 @@ class _Run:
         stack, controller = self.target.stack, self.controller
         assert stack is not None and controller is not None
         percentile = controller.policy.percentile
-        while True:
-            await asyncio.sleep(AUTOSCALE_INTERVAL_S)
-            states = await asyncio.to_thread(stack.states)
-            ready = sum(1 for s in states if s.state == "ready")
-            target = getattr(stack, "target_instances", None)
-            latency = self.statistics.recent_latency(percentile, AUTOSCALE_WINDOW_S)
-            decision = controller.observe(
-                time.monotonic(),
-                None if math.isnan(latency) else latency,
-                ready,
-                target_instances=target if isinstance(target, int) else None,
-            )
-            if decision is None:
-                continue
+
+        def report(decision: ScaleDecision) -> None:
             print(
-                f"{_clear_line(self.out)}Autoscale at {decision.at - self.statistics.started_at:.1f} s: "
-                f"{decision.reason}",
+                f"{_clear_line(self.out)}Autoscale at "
+                f"{decision.at - self.statistics.started_at:.1f} s: {decision.reason}",
                 file=self.out,
                 flush=True,
             )
-            try:
-                # LocalStack.scale_to returns at once; the stack's supervisor does the work.
-                scalable: Any = stack
-                await asyncio.to_thread(scalable.scale_to, decision.target)
-            except Exception as error:  # the stack says why; the run goes on with what it has
-                print(f"Autoscale: the stack could not scale: {error}", file=self.out, flush=True)
+
+        await drive_autoscale(
+            stack,
+            controller,
+            lambda: self.statistics.recent_latency(percentile, AUTOSCALE_WINDOW_S),
+            report,
+            on_error=lambda error: print(
+                f"Autoscale: the stack could not scale: {error}", file=self.out, flush=True
+            ),
+        )
+
+
+async def drive_autoscale(
+    stack: Any,
+    controller: AutoscaleController,
+    latency_s: Callable[[], float],
+    on_decision: Callable[[ScaleDecision], None],
+    *,
+    on_error: Callable[[Exception], None] | None = None,
+    interval_s: float = AUTOSCALE_INTERVAL_S,
+) -> None:
+    """Until cancelled: every `interval_s`, show the controller the latency (`latency_s()`, NaN
+    when nothing was answered) and the stack's ready and target counts, and apply what it
+    decides with `stack.scale_to` (LocalStack's; it returns at once, the supervisor works)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        states = await asyncio.to_thread(stack.states)
+        ready = sum(1 for s in states if s.state == "ready")
+        target = getattr(stack, "target_instances", None)
+        latency = latency_s()
+        decision = controller.observe(
+            time.monotonic(),
+            None if math.isnan(latency) else latency,
+            ready,
+            target_instances=target if isinstance(target, int) else None,
+        )
+        if decision is None:
+            continue
+        on_decision(decision)
+        try:
+            await asyncio.to_thread(stack.scale_to, decision.target)
+        except Exception as error:  # the stack says why; the run goes on with what it has
+            if on_error is not None:
+                on_error(error)
 
 
 async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: Any) -> int:
@@ -378,7 +405,7 @@ def _print_admin(admin: str, out: TextIO) -> None:
     print(f"Envoy admin at {admin}: {len(hosts)} upstream host(s)", file=out)
     for host in hosts:
         name = clean_server_text(str(getattr(host, "instance", None) or "-"))
-        flags = clean_server_text(str(getattr(host, "health_flags", "") or ""))
+        flags = clean_server_text(",".join(getattr(host, "health_flags", ()) or ()))
         health = "healthy" if getattr(host, "healthy", False) else f"UNHEALTHY {flags}".strip()
         print(
             f"  {clean_server_text(str(host.address)):<22} {name:<12} {health:<20} "

@@ -95,3 +95,28 @@ def test_bad_measurement_options_are_explained(changes, message):
 def test_autoscale_maximum_defaults_to_the_cores():
     assert RunOptions(url=None, autoscale="1:").autoscale_limits() == (1, os.cpu_count() or 1)
     assert RunOptions(url=None, autoscale="2:3").autoscale_limits() == (2, 3)
+
+
+def test_autoscale_adds_an_instance_when_the_budget_cannot_hold(stack_settings, tmp_path):
+    """A 1 ms budget no CPU model meets: after 3 s over it the controller adds an instance,
+    the stack is told, and no request is lost on the way."""
+    report = tmp_path / "run.json"
+    options = RunOptions(
+        url=None,
+        mode="auto",
+        concurrency=4,
+        duration_s=6.0,
+        report=report,
+        budget_ms=1.0,
+        instances=1,
+        autoscale="1:2",
+    )
+    out = io.StringIO()
+    code = run_headless(options, out=out, err=io.StringIO(), stack_settings=stack_settings(1))
+    text = out.getvalue()
+    assert code == 0, text
+    decisions = json.loads(report.read_text())["autoscale_decisions"]
+    assert [(d["before"], d["target"]) for d in decisions] == [(1, 2)], text
+    assert decisions[0]["at"] >= 3.0  # over for 3 s first
+    assert "over the 1 ms budget" in decisions[0]["reason"]
+    assert "Autoscale 1:2: 1 decision(s)" in text
