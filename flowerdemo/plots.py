@@ -133,6 +133,7 @@ def plot_autoscale(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     t = [s.t_s for s in samples]
     figure, (latency_axes, count_axes, rate_axes) = plt.subplots(
@@ -156,6 +157,7 @@ def plot_autoscale(
         label="target",
     )
     count_axes.set_ylabel("instances")
+    count_axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     count_axes.set_ylim(0, max([s.target for s in samples] + [s.ready for s in samples] + [1]) + 1)
     load_axes = count_axes.twinx()
     load_axes.step(
