@@ -407,8 +407,9 @@ def _print_admin(admin: str, out: TextIO) -> None:
         name = clean_server_text(str(getattr(host, "instance", None) or "-"))
         flags = clean_server_text(",".join(getattr(host, "health_flags", ()) or ()))
         health = "healthy" if getattr(host, "healthy", False) else f"UNHEALTHY {flags}".strip()
+        cluster = clean_server_text(str(getattr(host, "cluster", "") or ""))
         print(
-            f"  {clean_server_text(str(host.address)):<22} {name:<12} {health:<20} "
+            f"  {cluster:<14} {clean_server_text(str(host.address)):<22} {name:<12} {health:<20} "
             f"requests {getattr(host, 'rq_total', '?')} (errors {getattr(host, 'rq_error', '?')})",
             file=out,
         )
