@@ -153,3 +153,20 @@ async def test_labels_with_escape_sequences_from_a_real_triton_are_cleaned(
     for classification in event.topk[0]:
         want = expected.get(classification.index, str(classification.index))
         assert classification.label == want, repr(classification.label)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_engine_events_name_the_instance_behind_envoy(local_stack, samples, protocol):
+    url = local_stack.grpc_url if protocol == "grpc" else local_stack.http_url
+    engine = InferenceEngine(EngineSettings(url=url, protocol=protocol), samples)
+    await engine.connect()
+    events = []
+    engine.add_sink(events.append)
+    try:
+        await engine.run_automatic(2, max_requests=12)
+    finally:
+        await engine.close()
+    assert len(events) == 12 and all(event.ok for event in events)
+    served = sorted(event.instance for event in events)
+    # Round robin over the stack's two instances, each answer named by Envoy.
+    assert served == ["triton-0"] * 6 + ["triton-1"] * 6
