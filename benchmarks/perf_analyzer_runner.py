@@ -54,7 +54,6 @@ def run_perf_analyzer(
     max_trials: int = 10,
 ) -> tuple[list[PerfAnalyzerRow], list[str]]:
     """One perf_analyzer run over `concurrencies`; its rows and the exact command."""
-    binary, env = find_perf_analyzer()
     rows: list[PerfAnalyzerRow] = []
     commands: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -63,15 +62,11 @@ def run_perf_analyzer(
             # message advises, that point is measured once more with windows twice as long.
             for interval in (window_ms, 2 * window_ms):
                 report = Path(scratch) / f"c{concurrency}-{interval}.csv"
-                command = [
-                    str(binary), "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
-                    "--concurrency-range", f"{concurrency}:{concurrency}",
-                    "--measurement-interval", str(interval),
-                    "--stability-percentage", str(stability_percent),
-                    "--max-trials", str(max_trials),
-                    "--percentile", "90",
-                    "-f", str(report),
-                ]  # fmt: skip
+                command, env = perf_analyzer_command(
+                    url, model, concurrency, report,
+                    protocol=protocol, batch_size=batch_size, window_ms=interval,
+                    stability_percent=stability_percent, max_trials=max_trials,
+                )  # fmt: skip
                 commands.append(" ".join(["perf_analyzer", *command[1:-2]]))
                 result = subprocess.run(
                     command, env=env, capture_output=True, text=True, timeout=600
@@ -88,6 +83,32 @@ def run_perf_analyzer(
                 )
                 rows.append(PerfAnalyzerRow(concurrency, math.nan, math.nan, math.nan, math.nan))
     return rows, commands
+
+
+def perf_analyzer_command(
+    url: str,
+    model: str,
+    concurrency: int,
+    report: Path,
+    *,
+    protocol: str = "grpc",
+    batch_size: int = 1,
+    window_ms: int = 2000,
+    stability_percent: int = 10,
+    max_trials: int = 10,
+) -> tuple[list[str], dict[str, str]]:
+    """The command (its last two items: `-f REPORT`) and environment of one perf_analyzer run."""
+    binary, env = find_perf_analyzer()
+    command = [
+        str(binary), "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
+        "--concurrency-range", f"{concurrency}:{concurrency}",
+        "--measurement-interval", str(window_ms),
+        "--stability-percentage", str(stability_percent),
+        "--max-trials", str(max_trials),
+        "--percentile", "90",
+        "-f", str(report),
+    ]  # fmt: skip
+    return command, env
 
 
 def read_perf_analyzer_rows(path: Path) -> list[PerfAnalyzerRow]:

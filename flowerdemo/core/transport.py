@@ -269,8 +269,8 @@ class GrpcTransport:
 
         self._pb = service_pb2
         self._headers = {name: value for name, value in headers}
-        self._metadata: tuple[tuple[str, str], ...] = tuple(
-            (name.lower(), value) for name, value in headers
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            tuple((name.lower(), value) for name, value in headers) or None
         )
         options = list(GRPC_CHANNEL_ARGS)
         credentials = None
