@@ -13,6 +13,7 @@ from flowerdemo.core.engine import (
     PROTOCOLS,
     ConnectError,
     EngineSettings,
+    TlsOptions,
     TransportName,
     check_url,
 )
@@ -74,6 +75,21 @@ class RunOptions:
     kiosk: bool = False
     """Unattended booth: full screen, no quitting by key, automatic mode after `idle_minutes`."""
     idle_minutes: float = DEFAULT_IDLE_MINUTES
+    ssl: bool = False
+    """TLS to the server (also implied by https:// and by any certificate option)."""
+    root_certificates: Path | None = None
+    private_key: Path | None = None
+    certificate_chain: Path | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    """`-H 'Name: value'`: sent with every call (gRPC metadata, HTTP headers)."""
+
+    @property
+    def tls(self) -> TlsOptions | None:
+        """The TLS options asked for, or None for a plain connection (unless the URL says https)."""
+        certificates = (self.root_certificates, self.private_key, self.certificate_chain)
+        if not self.ssl and all(path is None for path in certificates):
+            return None
+        return TlsOptions(*certificates)
 
     @property
     def images_dir(self) -> Path:
@@ -114,6 +130,8 @@ class RunOptions:
             preprocess=PreprocessOptions(scaling=self.scaling, resize=self.resize),
             fallback_labels=self.class_names(),
             wire=self.wire,
+            tls=self.tls,
+            headers=self.headers,
         )
 
 
@@ -217,6 +235,29 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="Envoy admin interface of a stack this app did not start: the window's Instances "
         "panel lists its instances and their health",
     )
+    parser.add_argument(
+        "--ssl",
+        action="store_true",
+        help="TLS to the server (also implied by --url https://... and by the certificate options)",
+    )
+    parser.add_argument(
+        "--root-certificates",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates to trust for TLS (default: the system's)",
+    )
+    parser.add_argument("--private-key", type=Path, metavar="PEM", help="client key for mutual TLS")
+    parser.add_argument(
+        "--certificate-chain", type=Path, metavar="PEM", help="client certificate for mutual TLS"
+    )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="send this header with every call (repeatable), e.g. -H 'Authorization: Bearer T'",
+    )
     parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
     parser.add_argument(
         "--kiosk",
@@ -264,7 +305,37 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         headless=args.headless,
         kiosk=args.kiosk,
         idle_minutes=args.idle_minutes,
+        ssl=args.ssl,
+        root_certificates=args.root_certificates,
+        private_key=args.private_key,
+        certificate_chain=args.certificate_chain,
+        headers=tuple(_split_header(text) for text in args.header),
     )
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _split_header(text: str) -> tuple[str, str]:
+    """'Name: value' -> (name, value); a malformed one is kept as (text, "") and reported by
+    validate_options, so every problem of the command line is told at once."""
+    name, sep, value = text.partition(":")
+    if not sep or not _HEADER_NAME.match(name.strip()):
+        return text, ""
+    return name.strip(), value.strip()
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why a request header cannot be sent, or None."""
+    if not _HEADER_NAME.match(name):
+        return (
+            f"-H '{name}': write a header as 'Name: value' (name of letters, digits, '-', '_', '.')"
+        )
+    if name.lower().startswith("grpc-") or name.lower() in ("te", "content-type", "host"):
+        return f"-H {name}: this header is set by the protocol itself and cannot be replaced"
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        return f"-H {name}: the value contains control characters"
+    return None
 
 
 def validate_options(options: RunOptions) -> list[str]:
@@ -307,6 +378,31 @@ def validate_options(options: RunOptions) -> list[str]:
             check_url(url)
         except ConnectError as error:
             problems.append(f"--server-url: {error}")
+    for name, value in options.headers:
+        problem = header_problem(name, value)
+        if problem:
+            problems.append(problem)
+    for flag, path in (
+        ("--root-certificates", options.root_certificates),
+        ("--private-key", options.private_key),
+        ("--certificate-chain", options.certificate_chain),
+    ):
+        if path is not None and not path.is_file():
+            problems.append(f"{flag}: {path} is not a readable file")
+    if (options.private_key is None) != (options.certificate_chain is None):
+        problems.append("a client certificate needs both --private-key and --certificate-chain")
+    if options.tls is not None and options.url is None:
+        problems.append(
+            "TLS options need --url https://HOST:PORT of a server that speaks TLS (the local "
+            "stack this run would start listens in plain text on 127.0.0.1)"
+        )
+    if options.url is not None and options.tls is not None:
+        scheme = options.url.strip().split("://", 1)[0].lower() if "://" in options.url else ""
+        if scheme in ("http", "grpc"):
+            problems.append(
+                f"--url {options.url} asks for a plain connection but TLS options were given: "
+                f"write https:// for TLS, or drop --ssl and the certificate options"
+            )
     if options.labels is not None and not options.labels.is_file():
         problems.append(f"labels file {options.labels} does not exist")
     if options.report is not None and options.report.suffix.lower() not in (".json", ".csv"):

@@ -271,11 +271,19 @@ class InferenceEngine:
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 problem = classify_error(error)
+                tls_problem = _tls_problem(problem.message, where, tls is not None)
+                if tls_problem is not None:
+                    raise ConnectError(tls_problem) from error
                 raise ConnectError(
                     f"Cannot reach the {where} ({problem.kind.value}: {_first_line(problem.message)}). "
                     f"Check that the server is running and that the address and the protocol "
                     f"(--protocol grpc|http) are right; the default local stack listens on "
                     f"{DEFAULT_URL} (gRPC) and {DEFAULT_HTTP_URL} (HTTP)."
+                    + (
+                        ""
+                        if tls is not None
+                        else " If the server expects TLS, write --url https://HOST:PORT."
+                    )
                 ) from error
             model = await self._model_for_wire(where, deadline)
             try:
@@ -635,6 +643,37 @@ def _parse_classification(entry: Any) -> Classification:
             if len(_clean_labels) < 100_000:
                 _clean_labels[raw] = label
     return Classification(float(parts[0]), int(parts[1]), label or f"class {parts[1]}")
+
+
+_VERIFY_DETAIL = re.compile(r"certificate[ _]verify[ _]failed\]?:?\s*([^:()\]\[']*)", re.IGNORECASE)
+
+
+def _tls_problem(message: str, where: str, tls: bool) -> str | None:
+    """One sentence for a TLS failure of the first call, or None when it was something else."""
+    lowered = message.lower()
+    if tls and ("certificate_verify_failed" in lowered or "certificate verify failed" in lowered):
+        match = _VERIFY_DETAIL.search(message)
+        detail = match.group(1).strip(" .") if match else ""
+        if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
+            return (
+                f"The TLS certificate of the {where} is not valid for that address ({detail}): "
+                f"connect by a name the certificate lists."
+            )
+        return (
+            f"The TLS certificate of the {where} is not trusted"
+            f"{f' ({detail})' if detail else ''}: pass the CA certificate that signed it with "
+            f"--root-certificates PEM (a self-signed certificate is its own CA), or check that "
+            f"the address is the server you mean."
+        )
+    if tls and any(
+        marker in lowered
+        for marker in ("wrong_version_number", "wrong version number", "record layer failure")
+    ):
+        return (
+            f"The {where} does not speak TLS: write its address without https:// and leave "
+            f"out --ssl and the certificate options."
+        )
+    return None
 
 
 def _first_line(text: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,10 @@ import numpy.typing as npt
 
 from flowerdemo.core.events import INSTANCE_HEADER, UNKNOWN_INSTANCE, ErrorKind, RequestError
 from flowerdemo.core.text import clean_server_text
+
+# gRPC's core logs to stderr on its own (e.g. an info line for every failed TLS handshake): a
+# terminal user gets our one-paragraph message instead. An explicit setting still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 TransportName = Literal["grpc", "http"]
 PROTOCOLS: tuple[TransportName, ...] = ("grpc", "http")
@@ -268,7 +273,8 @@ class GrpcTransport:
         from tritonclient.grpc import service_pb2
 
         self._pb = service_pb2
-        self._headers = {name: value for name, value in headers}
+        # gRPC metadata keys are lower case (HTTP/2); gRPC refuses any other.
+        self._headers = {name.lower(): value for name, value in headers}
         self._metadata: tuple[tuple[str, str], ...] | None = (
             tuple((name.lower(), value) for name, value in headers) or None
         )

@@ -108,6 +108,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="ONNX Runtime threads per instance (default: 1)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="Envoy terminates TLS with this certificate (chain) on its gRPC and HTTP listeners "
+        "(with --tls-key); clients then use --url https://HOST:PORT",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     parser.add_argument("--no-envoy", action="store_true", help="start only the Triton instances")
     parser.add_argument(
         "--workdir",
@@ -150,7 +158,28 @@ def settings_from_args(args: argparse.Namespace) -> StackSettings:
         max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching,
         intra_op_threads=args.threads,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
+
+
+def tls_problem(args: argparse.Namespace) -> str | None:
+    """Why `--tls-cert/--tls-key` cannot be used, or None."""
+    cert, key = args.tls_cert, args.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        return "TLS needs both --tls-cert and --tls-key"
+    if args.no_envoy:
+        return "--tls-cert/--tls-key are Envoy's: they cannot be used with --no-envoy"
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            text = Path(path).read_bytes()
+        except OSError as error:
+            return f"{flag} {path}: cannot read it ({error.strerror or error})"
+        if b"-----BEGIN" not in text:
+            return f"{flag} {path}: not a PEM file (no '-----BEGIN' line)"
+    return None
 
 
 def run_serve(
@@ -160,6 +189,10 @@ def run_serve(
     err = err or sys.stderr
     if args.instances < 1:
         print(f"flowerdemo serve: --instances must be 1 or more, got {args.instances}", file=err)
+        return 2
+    problem = tls_problem(args)
+    if problem is not None:
+        print(f"flowerdemo serve: {problem}", file=err)
         return 2
     if args.print_config is not None:
         try:
@@ -231,8 +264,10 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
             file=out,
         )
         print(f"Work folder: {stack.workdir} (repository, envoy.yaml, logs)", file=out)
-        print(f"Client:     flowerdemo --url {stack.grpc_url}", file=out)
-        print(f"Headless:   flowerdemo --url {stack.grpc_url} --headless --mode auto", file=out)
+        client_url = f"https://{stack.grpc_url}" if settings.tls_cert else stack.grpc_url
+        trust = " --root-certificates CA.pem" if settings.tls_cert else ""
+        print(f"Client:     flowerdemo --url {client_url}{trust}", file=out)
+        print(f"Headless:   flowerdemo --url {client_url}{trust} --headless --mode auto", file=out)
         print("Commands:   stop K | kill K | start K | status | quit   (Ctrl-C stops)", file=out)
         out.flush()
         _control_loop(stack, out, err)
@@ -380,6 +415,8 @@ def write_print_config(
         http_listen=settings.http_listen,
         admin_listen=settings.admin_listen,
         lb_policy=settings.lb_policy,
+        tls_certificate=str(Path(settings.tls_cert).resolve()) if settings.tls_cert else None,
+        tls_private_key=str(Path(settings.tls_key).resolve()) if settings.tls_key else None,
     )
     envoy_path = envoy_config.write_config(envoy_settings, dest / "envoy.yaml")
     written.append(envoy_path)
@@ -398,7 +435,12 @@ def write_print_config(
         written.append(_write_local_script(dest, plan, local_repo.root))
         written.append(_write_container_script(dest, plan, trt_repo.build_command))
     else:
-        written += _write_deployment(dest, plan, target)
+        tls_files = (
+            (Path(settings.tls_cert), Path(settings.tls_key))
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
+        written += _write_deployment(dest, plan, target, tls_files)
     return written
 
 
@@ -542,15 +584,20 @@ def _write_container_script(
     return path
 
 
-def _write_deployment(dest: Path, plan: DeploymentPlan, target: str) -> list[Path]:
+def _write_deployment(
+    dest: Path, plan: DeploymentPlan, target: str, tls_files: tuple[Path, Path] | None = None
+) -> list[Path]:
     if importlib.util.find_spec("flowerdemo.serving.deploy") is None:
         raise StackError(
             f"--target {target}: the compose/Kubernetes writer (flowerdemo.serving.deploy) is "
             "not part of this installation"
         )
     deploy = importlib.import_module("flowerdemo.serving.deploy")
-    writer = deploy.write_compose if target == "compose" else deploy.write_kubernetes
-    result = writer(dest, plan)
+    if target == "compose":
+        result = deploy.write_compose(dest, plan, tls_files=tls_files)
+    else:
+        # The certificate reaches the pods as a TLS Secret, created apart from these files.
+        result = deploy.write_kubernetes(dest, plan, tls=tls_files is not None)
     if isinstance(result, (list, tuple)):
         return [Path(p) for p in result]
     if result is not None:

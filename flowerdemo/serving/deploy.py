@@ -32,6 +32,10 @@ TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
 CONTAINER_REPOSITORY = "/models"
 ENVOY_CONFIG_IN_CONTAINER = "/etc/envoy/envoy.yaml"
+ENVOY_TLS_DIR_IN_CONTAINER = "/etc/envoy/tls"
+"""Where Envoy's TLS certificate and key are mounted (tls.crt, tls.key: a Kubernetes TLS
+Secret's key names)."""
+K8S_TLS_SECRET = "flowerdemo-tls"  # noqa: S105 - the name of a Secret object, not a password
 CONTAINER_FLAVOURS = ("onnx", "tensorrt")
 
 COMPOSE_FILE = "compose.yaml"
@@ -104,20 +108,30 @@ def _check_plan(plan: DeploymentPlan) -> None:
 
 
 def container_envoy_config(
-    plan: DeploymentPlan, grpc_upstreams: tuple[str, ...], http_upstreams: tuple[str, ...]
+    plan: DeploymentPlan,
+    grpc_upstreams: tuple[str, ...],
+    http_upstreams: tuple[str, ...],
+    *,
+    admin_loopback: bool = False,
+    tls: bool = False,
 ) -> str:
     """Envoy's YAML for a container: listens on all of its own interfaces, upstreams by name.
 
     The routing, retry, outlier and health-check behaviour is the local stack's
     (`envoy.build_config`); only the addresses and the cluster type change, because
-    container and pod addresses come from DNS.
+    container and pod addresses come from DNS. `admin_loopback` keeps the admin
+    interface inside the pod (anyone who reaches it can stop the balancer). `tls`: the
+    listeners terminate TLS with the certificate mounted in ENVOY_TLS_DIR_IN_CONTAINER.
     """
+    admin_port = split_address(plan.admin_listen, "admin listen")[1]
     settings = EnvoySettings(
         grpc_upstreams=grpc_upstreams,
         http_upstreams=http_upstreams,
         listen=f"0.0.0.0:{split_address(plan.listen, 'listen')[1]}",
         http_listen=f"0.0.0.0:{split_address(plan.http_listen, 'http listen')[1]}",
-        admin_listen=f"0.0.0.0:{split_address(plan.admin_listen, 'admin listen')[1]}",
+        admin_listen=f"127.0.0.1:{admin_port}" if admin_loopback else f"0.0.0.0:{admin_port}",
+        tls_certificate=f"{ENVOY_TLS_DIR_IN_CONTAINER}/tls.crt" if tls else None,
+        tls_private_key=f"{ENVOY_TLS_DIR_IN_CONTAINER}/tls.key" if tls else None,
     )
     config = build_config(settings)
     for cluster in config["static_resources"]["clusters"]:
@@ -169,7 +183,9 @@ def _repository_mount(dest: Path, repository: Path) -> str:
     return repository.as_posix()
 
 
-def compose_document(dest: Path, plan: DeploymentPlan) -> dict[str, Any]:
+def compose_document(
+    dest: Path, plan: DeploymentPlan, tls_files: tuple[Path, Path] | None = None
+) -> dict[str, Any]:
     """The compose project as data: one Triton service per instance, Envoy in front."""
     _check_plan(plan)
     repository = _repository_mount(dest, plan.repository)
@@ -210,7 +226,15 @@ def compose_document(dest: Path, plan: DeploymentPlan) -> dict[str, Any]:
     services["envoy"] = {
         "image": plan.envoy_image,
         "command": _envoy_args(),
-        "volumes": [f"./{COMPOSE_ENVOY_FILE}:{ENVOY_CONFIG_IN_CONTAINER}:ro"],
+        "volumes": [f"./{COMPOSE_ENVOY_FILE}:{ENVOY_CONFIG_IN_CONTAINER}:ro"]
+        + (
+            [
+                f"{Path(tls_files[0]).resolve()}:{ENVOY_TLS_DIR_IN_CONTAINER}/tls.crt:ro",
+                f"{Path(tls_files[1]).resolve()}:{ENVOY_TLS_DIR_IN_CONTAINER}/tls.key:ro",
+            ]
+            if tls_files
+            else []
+        ),
         "ports": [
             f"{listen_host}:{listen_port}:{listen_port}",
             f"{http_host}:{http_port}:{http_port}",
@@ -224,14 +248,18 @@ def compose_document(dest: Path, plan: DeploymentPlan) -> dict[str, Any]:
     return {"name": "flowerdemo", "services": services}
 
 
-def write_compose(dest: Path, plan: DeploymentPlan) -> list[Path]:
-    """Write `compose.yaml` and the Envoy config it mounts into `dest`; return the paths."""
+def write_compose(
+    dest: Path, plan: DeploymentPlan, *, tls_files: tuple[Path, Path] | None = None
+) -> list[Path]:
+    """Write `compose.yaml` and the Envoy config it mounts into `dest`; return the paths.
+    `tls_files` (certificate, key): mounted into Envoy, whose listeners then speak TLS."""
     dest = Path(dest)
-    document = compose_document(dest, plan)
+    document = compose_document(dest, plan, tls_files)
     envoy_text = container_envoy_config(
         plan,
         tuple(f"{instance.name}:{TRITON_GRPC_PORT}" for instance in plan.instances),
         tuple(f"{instance.name}:{TRITON_HTTP_PORT}" for instance in plan.instances),
+        tls=tls_files is not None,
     )
     header = (
         f"flowerdemo: {len(plan.instances)} Triton instances behind Envoy, generated from the "
@@ -270,6 +298,7 @@ def kubernetes_documents(
     mig_profile: str = DEFAULT_MIG_PROFILE,
     max_replicas: int | None = None,
     queue_time_target_us: int = DEFAULT_QUEUE_TIME_TARGET_US,
+    tls: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
     """File name -> the Kubernetes objects in it.
 
@@ -278,7 +307,9 @@ def kubernetes_documents(
     GPUs -> one `nvidia.com/gpu`, the CPU -> no accelerator. The scheduler picks the actual
     slice, so the plan's UUIDs or slice numbers do not carry over. The Deployment starts with
     one pod per planned instance; the autoscaler may grow it to `max_replicas` (default: twice
-    that).
+    that). Envoy's admin interface stays on the pod's loopback. `tls`: Envoy's listeners
+    terminate TLS with the certificate of the TLS Secret K8S_TLS_SECRET (created by
+    `kubectl create secret tls flowerdemo-tls --cert=CERT --key=KEY`, never written here).
     """
     _check_plan(plan)
     replicas = len(plan.instances)
@@ -413,10 +444,28 @@ def kubernetes_documents(
 
     listen_port = split_address(plan.listen, "listen")[1]
     http_port = split_address(plan.http_listen, "http listen")[1]
-    admin_port = split_address(plan.admin_listen, "admin listen")[1]
     envoy_text = container_envoy_config(
-        plan, (f"triton:{TRITON_GRPC_PORT}",), (f"triton:{TRITON_HTTP_PORT}",)
+        plan,
+        (f"triton:{TRITON_GRPC_PORT}",),
+        (f"triton:{TRITON_HTTP_PORT}",),
+        admin_loopback=True,
+        tls=tls,
     )
+    envoy_mounts: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "mountPath": str(Path(ENVOY_CONFIG_IN_CONTAINER).parent),
+            "readOnly": True,
+        }
+    ]
+    envoy_volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": "envoy-config"}}
+    ]
+    if tls:
+        envoy_mounts.append(
+            {"name": "tls", "mountPath": ENVOY_TLS_DIR_IN_CONTAINER, "readOnly": True}
+        )
+        envoy_volumes.append({"name": "tls", "secret": {"secretName": K8S_TLS_SECRET}})
     envoy_config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -441,22 +490,17 @@ def kubernetes_documents(
                             "ports": [
                                 {"name": "grpc", "containerPort": listen_port},
                                 {"name": "http", "containerPort": http_port},
-                                {"name": "admin", "containerPort": admin_port},
                             ],
+                            # The admin interface (and its /ready) is on the pod's loopback,
+                            # out of the kubelet's reach: ready once the gRPC listener accepts.
                             "readinessProbe": {
-                                "httpGet": {"path": "/ready", "port": "admin"},
+                                "tcpSocket": {"port": "grpc"},
                                 "periodSeconds": 5,
                             },
-                            "volumeMounts": [
-                                {
-                                    "name": "config",
-                                    "mountPath": str(Path(ENVOY_CONFIG_IN_CONTAINER).parent),
-                                    "readOnly": True,
-                                }
-                            ],
+                            "volumeMounts": envoy_mounts,
                         }
                     ],
-                    "volumes": [{"name": "config", "configMap": {"name": "envoy-config"}}],
+                    "volumes": envoy_volumes,
                 },
             },
         },
@@ -523,6 +567,7 @@ def write_kubernetes(
     mig_profile: str = DEFAULT_MIG_PROFILE,
     max_replicas: int | None = None,
     queue_time_target_us: int = DEFAULT_QUEUE_TIME_TARGET_US,
+    tls: bool = False,
 ) -> list[Path]:
     """Write the manifests, a kustomization listing them and the adapter's values into `dest`.
 
@@ -535,6 +580,7 @@ def write_kubernetes(
         mig_profile=mig_profile,
         max_replicas=max_replicas,
         queue_time_target_us=queue_time_target_us,
+        tls=tls,
     )
     accelerator = pod_accelerator(plan, mig_profile)
     device = f"one {accelerator} each" if accelerator else "CPU only"

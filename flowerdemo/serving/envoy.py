@@ -88,8 +88,15 @@ class EnvoySettings:
     """None: the upstreams are fixed in the bootstrap. A folder: the clusters take their endpoints
     from files in it (file-based EDS, see EndpointWriter), so instances come and go while Envoy
     runs; the upstreams above are then only the first set."""
+    tls_certificate: str | None = None
+    """PEM certificate (chain) file, as Envoy sees the path: the gRPC and HTTP listeners then
+    speak TLS only (the upstream Tritons stay plain, on loopback or inside the pod network)."""
+    tls_private_key: str | None = None
+    """PEM private key of `tls_certificate`."""
 
     def check(self) -> None:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise EnvoyConfigError("TLS needs both a certificate and its private key")
         if not self.grpc_upstreams:
             raise EnvoyConfigError("Envoy needs at least one gRPC upstream instance")
         if self.lb_policy not in LB_POLICIES:
@@ -323,19 +330,43 @@ def _listener(
                 },
             }
         ]
+    chain: dict[str, Any] = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager,
+            }
+        ]
+    }
+    if settings.tls_certificate is not None and settings.tls_private_key is not None:
+        chain["transport_socket"] = _downstream_tls(
+            settings.tls_certificate, settings.tls_private_key, grpc=grpc
+        )
     return {
         "name": name,
         "address": _socket_address(address, f"{name} listener"),
-        "filter_chains": [
-            {
-                "filters": [
+        "filter_chains": [chain],
+    }
+
+
+def _downstream_tls(certificate: str, private_key: str, *, grpc: bool) -> dict[str, Any]:
+    """The listener's TLS: Envoy terminates it. gRPC clients insist on ALPN h2; HTTP clients
+    may speak either version."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
                     {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
+                        "certificate_chain": {"filename": certificate},
+                        "private_key": {"filename": private_key},
                     }
-                ]
-            }
-        ],
+                ],
+                "alpn_protocols": ["h2"] if grpc else ["h2", "http/1.1"],
+            },
+        },
     }
 
 

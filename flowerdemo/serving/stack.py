@@ -178,6 +178,9 @@ class StackSettings:
     drain_timeout_s: float = 30.0
     """How long a removed instance may take to finish its requests before it is stopped anyway."""
     supervise_interval_s: float = 0.25
+    tls_cert: Path | None = None
+    """PEM certificate: Envoy's gRPC and HTTP listeners speak TLS only (with `tls_key`)."""
+    tls_key: Path | None = None
 
 
 _BACKOFF_FIRST_S = 0.5
@@ -587,6 +590,8 @@ class LocalStack:
                 admin_listen=s.admin_listen,
                 lb_policy=s.lb_policy,
                 endpoints_dir=self._endpoints.directory,
+                tls_certificate=str(Path(s.tls_cert).resolve()) if s.tls_cert else None,
+                tls_private_key=str(Path(s.tls_key).resolve()) if s.tls_key else None,
             )
             config_path = envoy_config.write_config(config, self._workdir / "envoy.yaml")
         except envoy_config.EnvoyConfigError as error:
