@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 from flowerdemo import __version__
+from flowerdemo.validation import CommandLineParser
 
 SUBCOMMANDS = ("serve", "bench")
 
 
-def _client_parser() -> argparse.ArgumentParser:
+def _client_parser() -> CommandLineParser:
     from flowerdemo.env_settings import describe
     from flowerdemo.options import add_client_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="flowerdemo",
         description="Classify flower photos live through Triton Inference Server behind Envoy. "
         "Other commands: 'flowerdemo serve' runs the local stack, 'flowerdemo bench' sweeps "
@@ -29,11 +29,23 @@ def _client_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every entry point runs guarded: SIGTERM takes Ctrl+C's clean path, and anything
+    unexpected becomes a short message with the path of a log file (exit codes: flowerdemo.guard)."""
+    from flowerdemo.guard import guarded, sigterm_as_sigint
+
     arguments = list(sys.argv[1:] if argv is None else argv)
+    program = (
+        f"flowerdemo {arguments[0]}" if arguments and arguments[0] in SUBCOMMANDS else "flowerdemo"
+    )
+    with sigterm_as_sigint():
+        return guarded(program, lambda: _dispatch(arguments))
+
+
+def _dispatch(arguments: list[str]) -> int:
     if arguments and arguments[0] == "serve":
         from flowerdemo.serving.cli import add_serve_arguments, run_serve
 
-        parser = argparse.ArgumentParser(
+        parser = CommandLineParser(
             prog="flowerdemo serve",
             description="Run N Triton instances behind Envoy on this machine, or write their configuration.",
         )
@@ -42,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments and arguments[0] == "bench":
         from flowerdemo.bench import add_bench_arguments, run_bench
 
-        parser = argparse.ArgumentParser(
+        parser = CommandLineParser(
             prog="flowerdemo bench",
             description="Sweep concurrency against a server: throughput and latency per step, "
             "CSV in perf_analyzer's layout, PNG plots.",

@@ -33,9 +33,16 @@ from flowerdemo.core.sweep import (
     run_sweep,
 )
 from flowerdemo.embedded import ServerTarget, serving_target
-from flowerdemo.guard import report_skipped
+from flowerdemo.guard import EXIT_FAILED_REQUESTS, EXIT_NOT_RUN, report_skipped, stop_on_signals
 from flowerdemo.options import RunOptions
 from flowerdemo.plots import SweepPoint, plot_sweeps, read_perf_analyzer_csv
+from flowerdemo.validation import (
+    MAX_BATCH_SIZE,
+    MAX_INSTANCES,
+    finite_positive,
+    int_between,
+    output_dir_problem,
+)
 
 BAR_WIDTH = 24
 
@@ -49,29 +56,31 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default="1:16",
         help="START:END[:STEP] or a list like 1,2,4,8 (default 1:16)",
     )
-    parser.add_argument("-b", "--batch-size", type=int, default=1)
+    parser.add_argument("-b", "--batch-size", type=int_between(1, MAX_BATCH_SIZE), default=1)
     parser.add_argument(
         "--wire",
         choices=WIRE_CHOICES,
         default="fp32",
         help="how images travel: fp32, uint8, jpeg (the model's variants) or auto (the smallest)",
     )
-    parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
-    parser.add_argument("--max-windows", type=int, default=10)
+    parser.add_argument(
+        "--window", type=finite_positive, default=2.0, help="seconds per measurement window"
+    )
+    parser.add_argument("--max-windows", type=int_between(1, 1000), default=10)
     parser.add_argument(
         "--stability-percentage",
-        type=float,
+        type=finite_positive,
         default=10.0,
         metavar="PERCENT",
         help="as perf_analyzer's: a step is stable when, over its last 3 windows, the largest "
         "throughput and the largest latency are each within PERCENT %% of the smallest (default 10)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
+        "--timeout", type=finite_positive, default=10.0, help="deadline of each request, seconds"
     )
     parser.add_argument(
         "--budget-ms",
-        type=float,
+        type=finite_positive,
         default=50.0,
         help="latency budget: drawn on the p90 chart, goodput counted against it",
     )
@@ -123,7 +132,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", type=Path, help="folder of photos (default: the bundled samples)"
     )
     parser.add_argument(
-        "--instances", type=int, default=2, help="local stack instances (without --url)"
+        "--instances",
+        type=int_between(1, MAX_INSTANCES),
+        default=2,
+        help="local stack instances (without --url)",
     )
 
 
@@ -137,7 +149,11 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ValueError("; ".join(problems))
     except ValueError as error:
         print(f"flowerdemo bench: {error}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_RUN
+    problem = output_dir_problem("--output-dir", args.output_dir)
+    if problem is not None:
+        print(f"flowerdemo bench: {problem}", file=sys.stderr)
+        return EXIT_NOT_RUN
     options = RunOptions(
         url=args.url,
         protocol=args.protocol,
@@ -170,8 +186,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"flowerdemo bench: {error}", file=sys.stderr)
         return 2
     if result is None:
-        return 2
+        return EXIT_NOT_RUN
     steps, search = result
+    if not steps:
+        return EXIT_FAILED_REQUESTS
     args.output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = args.output_dir / f"{args.label}.csv"
     budget_s = settings.budget_s
@@ -260,23 +278,49 @@ async def _measure(
                 f"{level:>7} {'img/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
                 f"{_verdict_header(settings.percentile)}{'good':>6} {'failed':>7}  windows"
             )
-            if find:
-                async with StepMeasurer(
-                    engine, settings, server_reader=reader, image_count=len(photos)
-                ) as measure:
-                    search = await find_budget(
-                        measure, settings.budget_s, on_step=_step_printer(settings.percentile)
-                    )
-                return list(search.steps), search
-            steps = await run_sweep(
-                engine,
-                settings,
-                on_step=_step_printer(settings.percentile),
-                on_window=_progress(settings),
-                server_reader=reader,
-                image_count=len(photos),
-            )
-            return steps, None
+            measured: list[SweepStep] = []
+            printer = _step_printer(settings.percentile)
+
+            def keep(step: SweepStep) -> None:
+                measured.append(step)
+                printer(step)
+
+            async def measure_all() -> tuple[list[SweepStep], BudgetSearch | None]:
+                if find:
+                    async with StepMeasurer(
+                        engine, settings, server_reader=reader, image_count=len(photos)
+                    ) as measure:
+                        search = await find_budget(measure, settings.budget_s, on_step=keep)
+                    return list(search.steps), search
+                steps = await run_sweep(
+                    engine,
+                    settings,
+                    on_step=keep,
+                    on_window=_progress(settings),
+                    server_reader=reader,
+                    image_count=len(photos),
+                )
+                return steps, None
+
+            work = asyncio.ensure_future(measure_all())
+            stopped = False
+
+            def stop() -> None:
+                nonlocal stopped
+                stopped = True
+                work.cancel()
+
+            # Ctrl+C or SIGTERM ends the measurement; the steps measured so far are still written.
+            with stop_on_signals(stop):
+                try:
+                    return await work
+                except asyncio.CancelledError:
+                    if not stopped:
+                        raise
+            if sys.stdout.isatty():
+                print("\r\x1b[K", end="")
+            print(f"Stopped early: {len(measured)} step(s) measured; they are written below.")
+            return measured, None
         finally:
             if reader is not None:
                 await reader.close()

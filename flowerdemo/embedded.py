@@ -55,6 +55,10 @@ def serving_target(
         print(f"flowerdemo: the local stack did not start: {error}", file=err)
         yield None
         return
+    except BaseException:
+        # Ctrl+C or SIGTERM while the servers start: stop what already runs.
+        stack.stop()
+        raise
     try:
         url = stack.grpc_url if options.protocol == "grpc" else stack.http_url
         yield ServerTarget(url, stack)

@@ -12,6 +12,7 @@ Exit codes (README, "Exit codes"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import errno
@@ -23,7 +24,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from flowerdemo.core.images import ImageProblem, display_path, summarise_problems
 
@@ -145,6 +146,28 @@ def sigterm_as_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Inside a running event loop: Ctrl+C and SIGTERM call `stop` (end the run the normal
+    way) instead of interrupting it; the previous handlers are back afterwards."""
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, Any] = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            handler = signal.getsignal(number)
+            loop.add_signal_handler(number, stop)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        previous[number] = handler
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, TypeError):
+                loop.remove_signal_handler(number)
+                signal.signal(number, handler)
 
 
 def guarded(program: str, run: Callable[[], int]) -> int:

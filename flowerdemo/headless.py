@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any, TextIO
 from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, ScaleDecision
 from flowerdemo.core.engine import ConnectError, InferenceEngine
 from flowerdemo.core.events import UNKNOWN_INSTANCE, InferenceEvent
-from flowerdemo.core.images import FlowerImage, NoImagesError, load_images
+from flowerdemo.core.images import FlowerImage, NoImagesError, display_path, load_images
 from flowerdemo.core.load import OpenLoopLoad
 from flowerdemo.core.server_stats import ServerStatsReader, poll_server_statistics
 from flowerdemo.core.stats import (
@@ -27,7 +26,14 @@ from flowerdemo.core.stats import (
 )
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.embedded import ServerTarget, serving_target
-from flowerdemo.guard import report_skipped
+from flowerdemo.guard import (
+    EXIT_FAILED_REQUESTS,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_RUN,
+    EXIT_OK,
+    report_skipped,
+    stop_on_signals,
+)
 from flowerdemo.options import RunOptions
 
 STATUS_INTERVAL_S = 0.5
@@ -43,18 +49,20 @@ SERVER_STATS_INTERVAL_S = 1.0
 
 def run_headless(
     options: RunOptions,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
     *,
     stack_settings: Any = None,
 ) -> int:
     """0: every request answered; 1: some failed; 2: nothing could be run (the reason is printed).
+    Ctrl+C and SIGTERM end a run the normal way: outstanding requests finish and are counted,
+    the summary is printed and the report written.
 
     `stack_settings` (serving.stack.StackSettings) places the embedded stack (tests, benchmarks)."""
     try:
-        return asyncio.run(_run(options, out, err, stack_settings))
+        return asyncio.run(_run(options, out or sys.stdout, err or sys.stderr, stack_settings))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 class _Run:
@@ -87,6 +95,15 @@ class _Run:
                 protocol="grpc" if target.stack is not None else options.protocol,
             )
         self.tasks: list[asyncio.Future[None]] = []
+        self.stop_requested = False
+        self.stop_load: Callable[[], None] | None = None
+        """Ends the load that runs now (closed or open loop) the normal way."""
+
+    def request_stop(self) -> None:
+        """Ctrl+C or SIGTERM: send nothing new; outstanding requests finish and are counted."""
+        self.stop_requested = True
+        if self.stop_load is not None:
+            self.stop_load()
 
     @property
     def delayed(self) -> int:
@@ -202,38 +219,50 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: An
         statistics = run.statistics
         engine.add_sink(statistics.record)
         try:
-            try:
-                spec = await engine.connect()
-            except ConnectError as error:
-                print(f"flowerdemo: {error}", file=err)
-                return 2
-            print(f"Connected to {url} ({options.protocol}): {spec.describe()}", file=out)
-            statistics.reset()
-            run.start_background()
-            try:
-                if options.mode == "auto":
-                    await _run_automatic(engine, run, len(images))
-                else:
-                    await _classify_each(engine, images, out)
-            finally:
-                await run.stop_background()
+            with stop_on_signals(run.request_stop):
+                try:
+                    spec = await engine.connect()
+                except ConnectError as error:
+                    print(f"flowerdemo: {error}", file=err)
+                    return EXIT_NOT_RUN
+                print(f"Connected to {url} ({options.protocol}): {spec.describe()}", file=out)
+                statistics.reset()
+                run.start_background()
+                try:
+                    if run.stop_requested:
+                        pass
+                    elif options.mode == "auto":
+                        await _run_automatic(engine, run, len(images))
+                    else:
+                        await _classify_each(engine, images, run)
+                finally:
+                    await run.stop_background()
         finally:
             await engine.close()
         snapshot = statistics.snapshot(in_flight=engine.in_flight, delayed=run.delayed)
+        if run.stop_requested:
+            print("Stopped early: the summary covers what was sent until then.", file=out)
         _print_summary(snapshot, options, out)
         if run.controller is not None:
             _print_decisions(run.controller, statistics.started_at, target, out)
         if options.admin is not None:
             _print_admin(options.admin, out)
         if options.report is not None:
-            _write_report(options, snapshot, run)
+            try:
+                _write_report(options, snapshot, run)
+            except OSError as error:
+                print(
+                    f"flowerdemo: the report {display_path(options.report)} could not be "
+                    f"written ({error.strerror or error}); the summary above is the run's result.",
+                    file=err,
+                )
+                return EXIT_NOT_RUN
             print(f"Report written to {options.report}", file=out)
-        return 0 if snapshot.failed == 0 and snapshot.answered > 0 else 1
+        return EXIT_OK if snapshot.failed == 0 and snapshot.answered > 0 else EXIT_FAILED_REQUESTS
 
 
 async def _run_automatic(engine: InferenceEngine, run: _Run, image_count: int) -> None:
     options, out = run.options, run.out
-    loop = asyncio.get_running_loop()
     if options.request_rate is not None:
         run.open_loop = OpenLoopLoad(
             engine, options.request_rate, image_count, poisson=options.poisson
@@ -244,18 +273,15 @@ async def _run_automatic(engine: InferenceEngine, run: _Run, image_count: int) -
     else:
         stop = engine.stop
         load = engine.run_automatic(options.concurrency, duration_s=options.duration_s)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        # Ctrl-C ends the run the normal way: outstanding requests still finish and are counted.
-        loop.add_signal_handler(signal.SIGINT, stop)
+    run.stop_load = stop
     reporter = asyncio.ensure_future(_report_status(engine, run))
     try:
         await load
     finally:
         reporter.cancel()
+        run.stop_load = None
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
         if out.isatty():
             print(file=out)
 
@@ -279,12 +305,14 @@ def _clear_line(out: TextIO) -> str:
 
 
 async def _classify_each(
-    engine: InferenceEngine, images: tuple[FlowerImage, ...], out: TextIO
+    engine: InferenceEngine, images: tuple[FlowerImage, ...], run: _Run
 ) -> None:
     """Interactive mode without a window: one request per photo, in order, one line each."""
     for index, image in enumerate(images):
+        if run.stop_requested:
+            return
         event = await engine.classify([index])
-        print(describe_event(event, image), file=out)
+        print(describe_event(event, image), file=run.out)
 
 
 def describe_event(event: InferenceEvent, image: FlowerImage) -> str:

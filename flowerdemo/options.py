@@ -28,6 +28,17 @@ from flowerdemo.core.preprocess import (
 )
 from flowerdemo.core.stats import DEFAULT_PERCENTILE
 from flowerdemo.resources import labels_file, sample_images_dir
+from flowerdemo.validation import (
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENCY,
+    MAX_INSTANCES,
+    MAX_TOPK,
+    finite_positive,
+    int_between,
+    labels_problem,
+    number_problem,
+    output_file_problem,
+)
 
 Mode = Literal["interactive", "auto"]
 DEFAULT_BUDGET_MS = 50.0
@@ -132,6 +143,7 @@ class RunOptions:
             wire=self.wire,
             tls=self.tls,
             headers=self.headers,
+            labels_from_user=self.labels is not None,
         )
 
 
@@ -150,11 +162,25 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mode", choices=("interactive", "auto"), default="interactive")
     parser.add_argument(
-        "-c", "--concurrency", type=int, default=8, help="requests kept outstanding in auto mode"
+        "-c",
+        "--concurrency",
+        type=int_between(1, MAX_CONCURRENCY),
+        default=8,
+        help="requests kept outstanding in auto mode",
     )
-    parser.add_argument("--topk", type=int, default=3, help="labels shown per photo")
-    parser.add_argument("-b", "--batch-size", type=int, default=1, help="photos per request")
-    parser.add_argument("--duration", type=float, help="seconds to run auto mode, then stop")
+    parser.add_argument(
+        "--topk", type=int_between(1, MAX_TOPK), default=3, help="labels shown per photo"
+    )
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        type=int_between(1, MAX_BATCH_SIZE),
+        default=1,
+        help="photos per request",
+    )
+    parser.add_argument(
+        "--duration", type=finite_positive, help="seconds to run auto mode, then stop"
+    )
     parser.add_argument(
         "--headless", action="store_true", help="no window: live status line and a summary"
     )
@@ -183,11 +209,11 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline of each request, seconds"
+        "--timeout", type=finite_positive, default=10.0, help="deadline of each request, seconds"
     )
     parser.add_argument(
         "--budget-ms",
-        type=float,
+        type=finite_positive,
         default=DEFAULT_BUDGET_MS,
         help="latency budget shown on the charts",
     )
@@ -199,7 +225,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--instances",
-        type=int,
+        type=int_between(1, MAX_INSTANCES),
         default=DEFAULT_LOCAL_INSTANCES,
         help="Triton instances of the local stack (only without --url)",
     )
@@ -340,17 +366,13 @@ def header_problem(name: str, value: str) -> str | None:
 
 def validate_options(options: RunOptions) -> list[str]:
     """Problems a user can fix on the command line, one sentence each."""
-    problems = []
+    problems = value_problems(options)
     if not 1 <= options.concurrency <= 1024:
         problems.append(f"--concurrency must be between 1 and 1024, not {options.concurrency}")
     if options.topk < 1:
         problems.append(f"--topk must be at least 1, not {options.topk}")
     if options.batch_size < 1:
         problems.append(f"--batch-size must be at least 1, not {options.batch_size}")
-    if options.duration_s is not None and options.duration_s <= 0:
-        problems.append(f"--duration must be positive, not {options.duration_s}")
-    if options.timeout_s <= 0:
-        problems.append(f"--timeout must be positive, not {options.timeout_s}")
     if not 1 <= options.percentile <= 99:
         problems.append(f"--percentile must be between 1 and 99, not {options.percentile}")
     if options.idle_minutes <= 0:
@@ -403,8 +425,26 @@ def validate_options(options: RunOptions) -> list[str]:
                 f"--url {options.url} asks for a plain connection but TLS options were given: "
                 f"write https:// for TLS, or drop --ssl and the certificate options"
             )
-    if options.labels is not None and not options.labels.is_file():
-        problems.append(f"labels file {options.labels} does not exist")
     if options.report is not None and options.report.suffix.lower() not in (".json", ".csv"):
         problems.append(f"--report must end in .json or .csv, not '{options.report.name}'")
+    return problems
+
+
+def value_problems(options: RunOptions) -> list[str]:
+    """Numbers that are not finite and positive, and files that cannot be used, found before
+    anything starts: an unwritable --report is refused now, not after the run."""
+    problems = [
+        problem
+        for problem in (
+            number_problem("--duration", options.duration_s),
+            number_problem("--timeout", options.timeout_s),
+            number_problem("--budget-ms", options.budget_ms),
+            labels_problem(options.labels) if options.labels is not None else None,
+        )
+        if problem is not None
+    ]
+    if options.report is not None and options.report.suffix.lower() in (".json", ".csv"):
+        problem = output_file_problem("--report", options.report)
+        if problem is not None:
+            problems.append(problem)
     return problems

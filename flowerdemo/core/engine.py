@@ -93,6 +93,10 @@ class EngineSettings:
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     fallback_labels: tuple[str, ...] = ()
     """Class names to use when the server does not attach labels to its answers."""
+    labels_from_user: bool = False
+    """The names came from the user's labels file: a count that differs from the model's
+    classes is an error even when the server has its own labels (the file also gives ground
+    truth from folder names, which would then be wrong)."""
     tls: TlsOptions | None = None
     """TLS to the server (None: plain, unless the URL says https://)."""
     headers: tuple[tuple[str, str], ...] = ()
@@ -340,20 +344,26 @@ class InferenceEngine:
         settings = self.settings
         if spec.batches and settings.batch_size > spec.max_batch_size:
             raise ConnectError(
-                f"batch size {settings.batch_size} is larger than model '{spec.name}' accepts "
-                f"(max_batch_size {spec.max_batch_size})"
+                f"batch size {settings.batch_size} is larger than model '{spec.name}' accepts: "
+                f"choose 1 to {spec.max_batch_size} (its max_batch_size)"
             )
         if not spec.batches and settings.batch_size != 1:
-            raise ConnectError(f"model '{spec.name}' does not batch: use batch size 1")
+            raise ConnectError(
+                f"model '{spec.name}' does not batch: batch size must be 1, not {settings.batch_size}"
+            )
         if settings.topk > spec.num_classes:
             raise ConnectError(
-                f"top-k {settings.topk} is more than model '{spec.name}' has classes ({spec.num_classes})"
+                f"top-k {settings.topk} is more than model '{spec.name}' has classes: "
+                f"choose 1 to {spec.num_classes}"
             )
         labels = settings.fallback_labels
-        if not spec.has_labels and labels and len(labels) != spec.num_classes:
+        checked = settings.labels_from_user or not spec.has_labels
+        if checked and labels and len(labels) != spec.num_classes:
+            own = " (the server has its own labels, but this file is wrong for it)"
             raise ConnectError(
                 f"the labels file has {len(labels)} names but model '{spec.name}' has "
-                f"{spec.num_classes} classes"
+                f"{spec.num_classes} classes{own if spec.has_labels else ''}: give a file with "
+                f"one name per class, in class order, or leave --labels out"
             )
 
     async def _model_for_wire(self, where: str, deadline: float) -> str:

@@ -92,6 +92,11 @@ class SweepStep:
     """The share of the step's answers within the sweep's budget (NaN without a budget)."""
 
 
+MAX_SWEEP_CONCURRENCY = 1024
+"""The largest concurrency a sweep step may ask for (the client's own limit)."""
+MAX_SWEEP_STEPS = 256
+
+
 def parse_concurrency_range(text: str) -> tuple[int, ...]:
     """`1:100` (every value), `1:100:4` (step 4), `1,2,4,8` (a list), or one number."""
     spec = text.strip()
@@ -106,9 +111,12 @@ def parse_concurrency_range(text: str) -> tuple[int, ...]:
         start, end, step = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1)
         if step < 1 or end < start:
             raise ValueError(f"'{text}': END must not be below START, and STEP must be at least 1")
+        # Checked before the steps are listed: 1:100000000 must not build a huge tuple first.
+        _check_concurrency_bounds(text, start, end, (end - start) // step + 1)
         values = tuple(range(start, end + 1, step))
     if not values or min(values) < 1:
         raise ValueError(f"'{text}': concurrencies must be at least 1")
+    _check_concurrency_bounds(text, min(values), max(values), len(values))
     return values
 
 
@@ -138,6 +146,19 @@ def parse_rate_range(text: str) -> tuple[float, ...]:
     if not values or min(values) <= 0 or any(math.isnan(v) or math.isinf(v) for v in values):
         raise ValueError(f"'{text}': request rates must be positive numbers")
     return values
+
+
+def _check_concurrency_bounds(text: str, low: int, high: int, steps: int) -> None:
+    if high > MAX_SWEEP_CONCURRENCY:
+        raise ValueError(
+            f"'{text}': concurrency {high:,} is beyond what one client keeps outstanding; "
+            f"use values from 1 to {MAX_SWEEP_CONCURRENCY}"
+        )
+    if steps > MAX_SWEEP_STEPS:
+        raise ValueError(
+            f"'{text}' makes {steps:,} steps; at most {MAX_SWEEP_STEPS} are allowed "
+            "(use a STEP, e.g. 1:1024:32, or a list like 1,2,4,8)"
+        )
 
 
 def is_stable(

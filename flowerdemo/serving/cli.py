@@ -46,6 +46,7 @@ from flowerdemo.serving.triton import (
     shm_prefix,
     triton_command,
 )
+from flowerdemo.validation import output_dir_problem
 
 TARGETS = ("local", "compose", "k8s")
 
@@ -194,6 +195,11 @@ def run_serve(
     if problem is not None:
         print(f"flowerdemo serve: {problem}", file=err)
         return 2
+    for option, folder in (("--workdir", args.workdir), ("--print-config", args.print_config)):
+        problem = output_dir_problem(option, Path(folder)) if folder is not None else None
+        if problem is not None:
+            print(f"flowerdemo serve: {problem}", file=err)
+            return 2
     if args.print_config is not None:
         try:
             written = write_print_config(args, Path(args.print_config), target=args.target)

@@ -128,15 +128,20 @@ async def _run_window(options: RunOptions) -> int:
         window.showFullScreen()
     else:
         window.show()
-    # Ctrl+C in the terminal closes the window the same clean way as its close button. The
-    # live panel's timer runs Python code many times a second, so the handler runs promptly.
-    previous = signal.signal(signal.SIGINT, lambda _number, _frame: window.close())
+    # Ctrl+C in the terminal and SIGTERM (a service manager, `docker stop`) close the window the
+    # same clean way as its close button. The live panel's timer runs Python code many times a
+    # second, so the handler runs promptly.
+    previous = {
+        number: signal.signal(number, lambda _number, _frame: window.close())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         await asyncio.wait({window.start()})
         freeze_startup_objects()
         await window.wait_closed()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 
