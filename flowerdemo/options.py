@@ -293,7 +293,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--idle-minutes",
-        type=float,
+        type=finite_positive,
         default=DEFAULT_IDLE_MINUTES,
         help="kiosk: minutes without input before automatic mode resumes (default: 3)",
     )
