@@ -141,3 +141,8 @@ class CommandLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}. See '{self.prog} --help' for the options.\n")
+
+
+# How argparse and the environment settings name what a type takes ("--timeout takes a ...").
+finite_positive.__name__ = "number above 0"
+finite_non_negative.__name__ = "number of at least 0"
