@@ -100,7 +100,7 @@ BAD_BENCH_VALUES = [
     (["--timeout", "nan"], "--timeout: must be a finite number above 0"),
     (["--budget-ms", "inf"], "--budget-ms: must be a finite number above 0"),
     (["--concurrency-range", "1:100000000"], "use values from 1 to 1024"),
-    (["--concurrency-range", "1:1024:1"], "at most 256 are allowed"),
+    (["--concurrency-range", "1:1024:1"], "at most 1000 are allowed"),
 ]
 
 

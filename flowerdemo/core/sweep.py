@@ -94,7 +94,6 @@ class SweepStep:
 
 MAX_SWEEP_CONCURRENCY = 1024
 """The largest concurrency a sweep step may ask for (the client's own limit)."""
-MAX_SWEEP_STEPS = 256
 
 
 def parse_concurrency_range(text: str) -> tuple[int, ...]:
@@ -154,9 +153,9 @@ def _check_concurrency_bounds(text: str, low: int, high: int, steps: int) -> Non
             f"'{text}': concurrency {high:,} is beyond what one client keeps outstanding; "
             f"use values from 1 to {MAX_SWEEP_CONCURRENCY}"
         )
-    if steps > MAX_SWEEP_STEPS:
+    if steps > MAX_STEPS:
         raise ValueError(
-            f"'{text}' makes {steps:,} steps; at most {MAX_SWEEP_STEPS} are allowed "
+            f"'{text}' makes {steps:,} steps; at most {MAX_STEPS} are allowed "
             "(use a STEP, e.g. 1:1024:32, or a list like 1,2,4,8)"
         )
 
