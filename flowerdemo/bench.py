@@ -69,7 +69,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-windows", type=int_between(1, 1000), default=10)
     parser.add_argument(
         "--stability-percentage",
-        type=finite_positive,
+        type=float,
         default=10.0,
         metavar="PERCENT",
         help="as perf_analyzer's: a step is stable when, over its last 3 windows, the largest "

@@ -188,8 +188,12 @@ def guarded(program: str, run: Callable[[], int]) -> int:
         return EXIT_OUT_OF_MEMORY
     except BrokenPipeError:
         return EXIT_OK
-    except SystemExit:
-        raise
+    except SystemExit as exit_:
+        # argparse's verdict on the command line (2), or --help and --version (0).
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or EXIT_OK
+        print(f"{program}: {exit_.code}", file=sys.stderr)
+        return EXIT_NOT_RUN
     except BaseException as error:
         return _unexpected(program, error)
 
