@@ -113,6 +113,11 @@ def crossings(samples: list[AutoscaleSample], budget_ms: float, maximum: int) ->
     return found
 
 
+def reached_at(samples: list[AutoscaleSample], at: float, target: int) -> float | None:
+    """When the stack first reported `target` instances ready after a decision at `at`."""
+    return next((s.t_s for s in samples if s.t_s >= at and s.ready == target), None)
+
+
 async def measure(
     stack: LocalStack, args: argparse.Namespace, steps: list[int]
 ) -> tuple[list[AutoscaleSample], list[ScaleDecision], float, int]:
@@ -253,10 +258,18 @@ def main() -> int:
         "## Decisions",
         "",
     ]
-    lines += [
-        f"- {row['at']:.1f} s: {row['before']} -> {row['target']}: {row['reason']}"
-        for row in decision_rows
-    ] or ["- none"]
+    for row in decision_rows:
+        reached = reached_at(samples, row["at"], row["target"])
+        when = (
+            f"; the stack reported {row['target']} ready {reached - row['at']:.1f} s later"
+            if reached is not None
+            else f"; {row['target']} were never reported ready during the run"
+        )
+        lines.append(
+            f"- {row['at']:.1f} s: {row['before']} -> {row['target']}: {row['reason']}{when}"
+        )
+    if not decision_rows:
+        lines.append("- none")
     lines += ["", "## Each time the p90 crossed the budget", ""]
     for crossing in found:
         if crossing.recovery_s is None:
