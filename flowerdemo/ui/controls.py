@@ -20,7 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from flowerdemo.core.engine import PROTOCOLS
+from flowerdemo.core.engine import PROTOCOLS, TlsOptions
+from flowerdemo.ui.security_dialog import ConnectionSecurity, SecurityDialog
 
 MODES = ("interactive", "auto")
 MAX_CONCURRENCY = 256
@@ -41,6 +42,8 @@ class ConnectionChoice:
     model: str
     topk: int
     batch_size: int
+    tls: TlsOptions | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ControlPanel(QWidget):
@@ -83,6 +86,10 @@ class ControlPanel(QWidget):
             "Connect with these settings (Enter in the address does too)"
         )
         self.connect_button.clicked.connect(self.sig_connect_requested)
+        self._security = ConnectionSecurity()
+        self.security_button = QPushButton("Security…", self)
+        self.security_button.setToolTip("TLS certificates and request headers for the connection")
+        self.security_button.clicked.connect(self._edit_security)
 
         self.mode_box = QComboBox(self)
         for mode in MODES:
@@ -159,6 +166,8 @@ class ControlPanel(QWidget):
                 row.addSpacing(6)
                 row.addWidget(self.autoscale_box)
             row.addSpacing(10)
+            if row is server_row:
+                row.addWidget(self.security_button)
             row.addWidget(button)
         self.run_button.setMinimumWidth(140)
         self.connect_button.setMinimumWidth(140)
@@ -181,7 +190,21 @@ class ControlPanel(QWidget):
             model=self.model_box.currentText().strip(),
             topk=self.topk_spin.value(),
             batch_size=self.batch_spin.value(),
+            tls=self._security.tls,
+            headers=self._security.headers,
         )
+
+    def set_security(self, security: ConnectionSecurity) -> None:
+        """TLS and headers for the next connection (the command line's, at first)."""
+        self._security = security
+        self.security_button.setText(
+            "Security…" if security == ConnectionSecurity() else f"Security: {security.describe()}"
+        )
+
+    def _edit_security(self) -> None:
+        dialog = SecurityDialog(self._security, self)
+        if dialog.exec():
+            self.set_security(dialog.security())
 
     # -- writing (without echoing the change back as a user action) -----------------------
     def set_values(

@@ -43,6 +43,7 @@ from flowerdemo.ui.inference_task import Connection, InferenceTask, StackHealth,
 from flowerdemo.ui.instances_panel import InstancesPanel
 from flowerdemo.ui.live_panel import REFRESH_HZ, LivePanel, ServerInfo
 from flowerdemo.ui.messages import Banner, LogBridge, LogPanel, QtLogHandler, Severity
+from flowerdemo.ui.security_dialog import ConnectionSecurity
 from flowerdemo.ui.tiles import TileGrid, TilePhoto, thumbnail_of
 
 if TYPE_CHECKING:
@@ -273,6 +274,7 @@ class MainWindow(QMainWindow):
                 1.0, _decimal(pick("budget_ms", "requests/budget_ms"), options.budget_ms)
             ),
         )
+        self.controls.set_security(ConnectionSecurity(options.tls, options.headers))
         self.live_panel.set_budget(self.controls.budget_spin.value())
         self.task.stats.percentile = options.percentile
         self.task.stats.budget_s = self.controls.budget_spin.value() / 1000.0
@@ -421,6 +423,8 @@ class MainWindow(QMainWindow):
             wire=self._options.wire if choice.model in ("", self._options.model) else "fp32",
             topk=choice.topk,
             batch_size=choice.batch_size,
+            tls=choice.tls,
+            headers=choice.headers,
         )
 
     async def _connect(self, choice: ConnectionChoice) -> bool:
