@@ -270,7 +270,10 @@ async def _measure(
         reader = _server_reader(options, target)
         try:
             spec = await engine.connect()
-            print(f"Measuring {url}: {spec.describe()}")
+            print(
+                f"Measuring {url}: {spec.describe()}; wire {spec.wire}, "
+                f"{engine.mean_request_bytes():,.0f} bytes a request"
+            )
             if reader is not None:
                 print(f"Server-side split read from {', '.join(reader.urls)}")
             level = "rate/s" if settings.request_rates else "conc"

@@ -225,7 +225,11 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: An
                 except ConnectError as error:
                     print(f"flowerdemo: {error}", file=err)
                     return EXIT_NOT_RUN
-                print(f"Connected to {url} ({options.protocol}): {spec.describe()}", file=out)
+                print(
+                    f"Connected to {url} ({options.protocol}): {spec.describe()}; wire "
+                    f"{spec.wire}, {engine.mean_request_bytes():,.0f} bytes a request",
+                    file=out,
+                )
                 statistics.reset()
                 run.start_background()
                 try:

@@ -195,3 +195,30 @@ async def test_the_container_flavours_serve_the_variants_as_ensembles(
     assert (jpeg_spec.height, jpeg_spec.stated_scaling) == (224, "inception")
     assert fp32 == uint8 == jpeg
     assert sum(fp32[k] == s.truth for k, s in enumerate(samples[:24])) >= 21
+
+
+def test_headless_auto_wire_says_what_travels(local_stack):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowerdemo",
+            "--headless",
+            "--url",
+            local_stack.grpc_url,
+            "--wire",
+            "auto",
+            "--mode",
+            "auto",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    connected = next(line for line in result.stdout.splitlines() if line.startswith("Connected"))
+    assert "flowers_jpeg" in connected and "wire jpeg" in connected
+    size = int(connected.rsplit("wire jpeg, ", 1)[1].split(" bytes")[0].replace(",", ""))
+    assert 4_000 < size < 40_000
