@@ -1,14 +1,17 @@
 """Throughput by instance: each instance's images/s as stacked areas over the last minute.
 
-The live panel refreshes 15 times a second, so this chart keeps its history in preallocated
-numpy buffers (time along the second axis, so each series is one contiguous row) and only
-writes one column and a running sum per refresh. Stacking: instance k's curve is the sum of
+The live panel refreshes 15 times a second; this chart samples and redraws at SAMPLE_HZ only:
+each rate is already an average over the statistics window (seconds), and a minute across a
+few hundred pixels moves less than a pixel between samples, while filled areas are the dearest
+thing the panel paints. The history sits in preallocated numpy buffers (time along the second
+axis, so each series is one contiguous row); a sample writes one column. Stacking: instance k's curve is the sum of
 the rates of instances 0..k, filled down to zero with an opaque colour, and the lower curves are
 drawn above the higher ones, so each band shows one instance's share.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -20,6 +23,8 @@ from flowerdemo.ui.instance_colors import instance_color
 
 MAX_SERIES = 16
 """Instances drawn; answers from more (a remote stack of many) are left off this chart."""
+SAMPLE_HZ = 5.0
+"""Samples (and redraws) per second."""
 
 
 class _InstanceRate(Protocol):
@@ -32,13 +37,11 @@ class _InstanceRate(Protocol):
 class InstanceThroughputChart:
     """Draws on `plot` (a PlotWidget styled like the panel's other charts)."""
 
-    def __init__(
-        self, plot: pg.PlotWidget, history_s: float, refresh_hz: float, background: str
-    ) -> None:
+    def __init__(self, plot: pg.PlotWidget, history_s: float, background: str) -> None:
         self.plot = plot
         self._history_s = history_s
-        # Room for the history at up to twice the refresh rate before the buffer slides back.
-        self._capacity = max(16, int(history_s * refresh_hz * 2))
+        # Room for the history at up to twice the sample rate before the buffer slides back.
+        self._capacity = max(16, int(history_s * SAMPLE_HZ * 2))
         self._times = np.zeros(2 * self._capacity)
         self._rates = np.zeros((MAX_SERIES, 2 * self._capacity))
         self._stacked = np.zeros((MAX_SERIES, 2 * self._capacity))
@@ -46,6 +49,9 @@ class InstanceThroughputChart:
         self._start = 0
         self._end = 0
         self._series: dict[str, int] = {}
+        self._sampled_at = -math.inf
+        self._drawn_end = -1
+        self._top = 0.0
         self._curves: list[pg.PlotDataItem] = []
         self._background = QColor(background)
         self._legend = plot.addLegend(offset=(8, 4), labelTextColor="#dddddd")
@@ -56,11 +62,18 @@ class InstanceThroughputChart:
 
     def clear(self) -> None:
         self._start = self._end = 0
+        self._sampled_at = -math.inf
+        self._drawn_end = -1
+        self._top = 0.0
         for curve in self._curves:
             curve.setData([], [])
 
     def record(self, now: float, instances: Iterable[_InstanceRate], settled: bool) -> None:
-        """One refresh's rates (0 until the statistics window has settled after a start)."""
+        """A refresh's rates (0 until the statistics window has settled after a start); kept
+        SAMPLE_HZ times a second."""
+        if now - self._sampled_at < 1.0 / SAMPLE_HZ:
+            return
+        self._sampled_at = now
         if self._end == len(self._times):
             self._slide()
         column = self._end
@@ -80,18 +93,23 @@ class InstanceThroughputChart:
             self._start += 1
 
     def redraw(self, now: float) -> float:
-        """Redraw the areas; the highest stacked rate shown (for the y range)."""
+        """Redraw the areas if a sample came since the last time; the highest stacked rate
+        shown (for the y range)."""
         count = len(self._series)
         start, end = self._start, self._end
         if not count or end <= start:
             return 0.0
+        if end == self._drawn_end:
+            return self._top
+        self._drawn_end = end
         ago = self._ago[start:end]
         np.subtract(self._times[start:end], now, out=ago)
         stacked = self._stacked[:count, start:end]
         np.cumsum(self._rates[:count, start:end], axis=0, out=stacked)
         for row in range(count):
             self._curves[row].setData(ago, stacked[row])
-        return float(stacked[count - 1].max())
+        self._top = float(stacked[count - 1].max())
+        return self._top
 
     def _add_series(self, name: str) -> int | None:
         row = len(self._series)
@@ -112,7 +130,7 @@ class InstanceThroughputChart:
             )
         )
         curve = self.plot.plot(
-            pen=pg.mkPen(color, width=1.5), fillLevel=0, brush=pg.mkBrush(fill), name=name
+            pen=pg.mkPen(color, width=1), fillLevel=0, brush=pg.mkBrush(fill), name=name
         )
         # Lower series above higher ones: each higher band shows only above the ones below it.
         curve.setZValue(-row)

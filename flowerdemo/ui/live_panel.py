@@ -140,7 +140,7 @@ class LivePanel(QWidget):
         )
         self.instances_plot = self._make_plot("Throughput by instance (images/s)")
         self.instances_chart = InstanceThroughputChart(
-            self.instances_plot, HISTORY_S, REFRESH_HZ, CHART_BACKGROUND
+            self.instances_plot, HISTORY_S, CHART_BACKGROUND
         )
         self.latency_plot = self._make_plot("Latency percentiles (ms)")
         self.latency_plot.addLegend(offset=(8, 4), labelTextColor="#dddddd")
