@@ -129,7 +129,9 @@ class _Run:
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # Each loop keeps going through its own errors; whatever is left must not turn the
+            # run's summary into a traceback.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.server_reader is not None:
             # A last reading, so the run's split covers its final requests.
@@ -162,7 +164,7 @@ class _Run:
             lambda: self.statistics.recent_latency(percentile, AUTOSCALE_WINDOW_S),
             report,
             on_error=lambda error: print(
-                f"Autoscale: the stack could not scale: {error}", file=self.out, flush=True
+                f"Autoscale: no change this time ({error})", file=self.out, flush=True
             ),
         )
 
@@ -181,9 +183,14 @@ async def drive_autoscale(
     decides with `stack.scale_to` (LocalStack's; it returns at once, the supervisor works)."""
     while True:
         await asyncio.sleep(interval_s)
-        states = await asyncio.to_thread(stack.states)
+        try:
+            states = await asyncio.to_thread(stack.states)
+            target = getattr(stack, "target_instances", None)
+        except Exception as error:  # a stack shutting down: no decision this time
+            if on_error is not None:
+                on_error(error)
+            continue
         ready = sum(1 for s in states if s.state == "ready")
-        target = getattr(stack, "target_instances", None)
         latency = latency_s()
         decision = controller.observe(
             time.monotonic(),

@@ -147,8 +147,13 @@ async def poll_server_statistics(
     """Hand a reading to `statistics` every `interval_s` until cancelled. `urls`, when given,
     is awaited for the current set of servers before each reading (instances come and go)."""
     while True:
-        if urls is not None:
-            reader.set_urls(await urls())
-        totals = await reader.read()
-        statistics.record_server(totals)
+        try:
+            if urls is not None:
+                reader.set_urls(await urls())
+            statistics.record_server(await reader.read())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # The split is an extra: a stack shutting down must not end the run's measuring.
+            log.debug("server statistics: %s", error)
         await asyncio.sleep(interval_s)
