@@ -304,12 +304,38 @@ class StatsSnapshot:
         return safe
 
 
-@dataclass
-class _WindowSample:
-    done_at: float
-    latency_s: float
-    images: int
-    instance: str
+class _Window:
+    """The answers of the last few seconds, as parallel deques of plain numbers: a snapshot turns
+    them into arrays at C speed, ten times a second, instead of walking objects in Python."""
+
+    def __init__(self) -> None:
+        self.done_at: deque[float] = deque()
+        self.latency_s: deque[float] = deque()
+        self.images: deque[int] = deque()
+        self.image_total = 0
+
+    def __len__(self) -> int:
+        return len(self.done_at)
+
+    def add(self, done_at: float, latency_s: float, images: int) -> None:
+        self.done_at.append(done_at)
+        self.latency_s.append(latency_s)
+        self.images.append(images)
+        self.image_total += images
+
+    def prune(self, horizon: float) -> None:
+        done_at = self.done_at
+        while done_at and done_at[0] < horizon:
+            done_at.popleft()
+            self.latency_s.popleft()
+            self.image_total -= self.images.popleft()
+
+    def latencies(self) -> npt.NDArray[np.float64]:
+        return np.fromiter(self.latency_s, np.float64, len(self.latency_s))
+
+    def latencies_since(self, since: float) -> npt.NDArray[np.float64]:
+        done_at = np.fromiter(self.done_at, np.float64, len(self.done_at))
+        return self.latencies()[done_at >= since]
 
 
 @dataclass
@@ -317,6 +343,7 @@ class _InstanceTally:
     answered: int = 0
     failed: int = 0
     histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    window: _Window = field(default_factory=_Window)
 
 
 @dataclass
@@ -339,7 +366,7 @@ class RunStatistics:
                 f"the verdict percentile must be between 1 and 99, not {self.percentile}"
             )
         self._histogram = LatencyHistogram()
-        self._window: deque[_WindowSample] = deque()
+        self._window = _Window()
         self._errors: Counter[str] = Counter()
         self._instances: dict[str, _InstanceTally] = {}
         self._server_first: ServerTotals | None = None
@@ -363,9 +390,8 @@ class RunStatistics:
             self._histogram.add(event.latency_s)
             tally.answered += 1
             tally.histogram.add(event.latency_s)
-            self._window.append(
-                _WindowSample(event.done_at, event.latency_s, event.batch_size, event.instance)
-            )
+            self._window.add(event.done_at, event.latency_s, event.batch_size)
+            tally.window.add(event.done_at, event.latency_s, event.batch_size)
         else:
             self._failed += 1
             tally.failed += 1
@@ -384,9 +410,7 @@ class RunStatistics:
     def recent_latency(self, q: float, span_s: float) -> float:
         """The latency at percentile `q` of the answers of the last `span_s` seconds (at most the
         window): what an autoscaler reacts to, sooner than the whole window. NaN when none."""
-        since = self.clock() - span_s
-        recent = [s.latency_s for s in reversed(self._window) if s.done_at >= since]
-        return _percentile_of(np.asarray(recent, dtype=np.float64), q)
+        return _percentile_of(self._window.latencies_since(self.clock() - span_s), q)
 
     def _tally(self, instance: str) -> _InstanceTally:
         tally = self._instances.get(instance)
@@ -398,22 +422,20 @@ class RunStatistics:
                 tally = self._instances[instance] = _InstanceTally()
         return tally
 
-    def _tracked_name(self, instance: str) -> str:
-        return instance if instance in self._instances else OTHER_INSTANCES
-
     def snapshot(self, in_flight: int = 0, delayed: int = 0) -> StatsSnapshot:
         now = self.clock()
         horizon = now - self.window_s
-        while self._window and self._window[0].done_at < horizon:
-            self._window.popleft()
+        self._window.prune(horizon)
+        for tally in self._instances.values():
+            tally.window.prune(horizon)
         # Keep the newest server reading at or before the horizon: the window's baseline.
         samples = self._server_samples
         while len(samples) > 1 and samples[1][0] <= horizon:
             samples.popleft()
         elapsed = max(now - self.started_at, 1e-9)
         window_len = min(self.window_s, elapsed)
-        window_images = sum(s.images for s in self._window)
-        latencies = np.fromiter((s.latency_s for s in self._window), np.float64, len(self._window))
+        window_images = self._window.image_total
+        latencies = self._window.latencies()
         budget = self.budget_s
         return StatsSnapshot(
             elapsed_s=elapsed,
@@ -453,26 +475,20 @@ class RunStatistics:
         )
 
     def _instance_stats(self, window_len: float) -> tuple[InstanceStats, ...]:
-        window_latencies: dict[str, list[float]] = {}
-        window_images: Counter[str] = Counter()
-        for sample in self._window:
-            name = self._tracked_name(sample.instance)
-            window_latencies.setdefault(name, []).append(sample.latency_s)
-            window_images[name] += sample.images
         window_total = len(self._window)
         result = []
         for name in sorted(self._instances, key=_natural_key):
             tally = self._instances[name]
-            latencies = window_latencies.get(name, [])
+            answers = len(tally.window)
             result.append(
                 InstanceStats(
                     name=name,
                     answered=tally.answered,
                     failed=tally.failed,
-                    window_answered=len(latencies),
-                    window_share=len(latencies) / window_total if window_total else math.nan,
-                    window_images_per_s=window_images[name] / window_len,
-                    window=LatencySummary.of_samples(latencies),
+                    window_answered=answers,
+                    window_share=answers / window_total if window_total else math.nan,
+                    window_images_per_s=tally.window.image_total / window_len,
+                    window=LatencySummary.of_samples(tally.window.latencies()),
                     run=LatencySummary.of_histogram(tally.histogram),
                 )
             )
