@@ -12,8 +12,12 @@ preprocessing, perf_analyzer's own set-up) is left out of both.
 Targets (issue 12): throughput >= 0.95x perf_analyzer at each concurrency on both models, p50 at
 concurrency 1 within 0.1 ms of perf_analyzer's, client CPU per request <= 1.5x.
 
+`--baseline DIR` (another checkout of this repository, e.g. a worktree of an older commit) also
+measures that checkout's engine at every step, right before this one, against the same server:
+"before" and "after" under the same machine load.
+
     python benchmarks/client_vs_perf_analyzer.py [--models bundled,1ms] [--concurrency 1,4,16]
-        [--window 2]
+        [--window 2] [--stability-percentage 10] [--baseline DIR]
 
 perf_analyzer comes from benchmarks/setup_perf_analyzer.sh. The machine's load average is
 printed with each model: on a shared machine, compare only figures from one run.
@@ -142,24 +146,42 @@ def run_sampled(
 
 
 def measure_ours(
-    url: str, http_url: str, model: str, concurrency: int, window_s: float
+    url: str,
+    http_url: str,
+    model: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    checkout: Path | None = None,
 ) -> ClientRun:
-    command = [sys.executable, __file__, "--child", url, model, str(concurrency), str(window_s)]
-    stdout, cpu, requests = run_sampled(command, dict(os.environ), http_url, model)
+    """Our engine in a child process; `checkout`: import flowerdemo from there instead."""
+    command = [
+        sys.executable, __file__, "--child", url, model, str(concurrency), str(args.window),
+        str(args.stability_percentage),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+    stdout, cpu, requests = run_sampled(command, env, http_url, model)
     step = json.loads(stdout.strip().splitlines()[-1])
     return ClientRun(step["images_per_s"], step["p50_ms"], step["p90_ms"], cpu * 1000, requests)
 
 
 def measure_perf_analyzer(
-    url: str, http_url: str, model: str, concurrency: int, window_s: float
+    url: str, http_url: str, model: str, concurrency: int, args: argparse.Namespace
 ) -> ClientRun:
+    window_s = args.window
     # perf_analyzer refuses to report a point whose windows never agree; as its own message
     # advises, that point is measured once more with windows twice as long, else left empty.
     for window_ms in (int(window_s * 1000), int(window_s * 2000)):
         with tempfile.TemporaryDirectory() as scratch:
             report = Path(scratch) / "report.csv"
             command, env = perf_analyzer_command(
-                url, model, concurrency, report, window_ms=window_ms
+                url,
+                model,
+                concurrency,
+                report,
+                window_ms=window_ms,
+                stability_percent=int(args.stability_percentage),
             )
             try:
                 _, cpu, requests = run_sampled(command, env, http_url, model)
@@ -171,7 +193,7 @@ def measure_perf_analyzer(
     return ClientRun(math.nan, math.nan, math.nan, math.nan, 0)
 
 
-def child(url: str, model: str, concurrency: int, window_s: float) -> int:
+def child(url: str, model: str, concurrency: int, window_s: float, stability: float) -> int:
     """Our engine's side: one sweep step at `concurrency`, printed as one JSON line."""
     from flowerdemo.core.engine import EngineSettings
     from flowerdemo.core.images import load_images
@@ -184,7 +206,7 @@ def child(url: str, model: str, concurrency: int, window_s: float) -> int:
         sweep_server(
             EngineSettings(url=url, model_name=model),
             photos,
-            SweepSettings((concurrency,), window_s=window_s),
+            SweepSettings((concurrency,), window_s=window_s, tolerance=stability / 100),
         )
     )
     print(
@@ -231,43 +253,77 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
         url, http_url, model = stack.instance_grpc_url(0), stack.instance_http_url(0), "flowers"
         rows = []
         for concurrency in args.concurrency:
-            # One client after the other, step by step, so both see the same machine state.
-            ours = measure_ours(url, http_url, model, concurrency, args.window)
-            theirs = measure_perf_analyzer(url, http_url, model, concurrency, args.window)
-            rows.append((concurrency, ours, theirs))
-            print(f"  c={concurrency}: ours {ours}, perf_analyzer {theirs}", file=sys.stderr)
+            # One client after the other, step by step, so all see the same machine state.
+            before = None
+            if args.baseline is not None:
+                before = measure_ours(url, http_url, model, concurrency, args, args.baseline)
+            ours = measure_ours(url, http_url, model, concurrency, args)
+            theirs = measure_perf_analyzer(url, http_url, model, concurrency, args)
+            rows.append((concurrency, before, ours, theirs))
+            print(
+                f"  c={concurrency}: before {before}, ours {ours}, perf_analyzer {theirs} "
+                f"({load_text()})",
+                file=sys.stderr,
+            )
         count, infer_ns = server_counts(http_url, model)
     lines.append(
         f"server compute per request (Triton statistics, whole run): "
         f"{infer_ns / max(count, 1) / 1e6:.2f} ms; {load_text()} at the end"
     )
     lines.append("")
-    lines.append(
-        "| conc | ours img/s | PA img/s | ratio | ours p50 ms | PA p50 ms | p50 diff ms "
-        "| ours CPU ms/req | PA CPU ms/req | CPU ratio |"
-    )
-    lines.append("|" + "---|" * 10)
-    for concurrency, ours, theirs in rows:
-        lines.append(
-            f"| {concurrency} | {ours.images_per_s:.1f} | {theirs.images_per_s:.1f} "
-            f"| {ours.images_per_s / theirs.images_per_s:.3f} | {ours.p50_ms:.3f} "
-            f"| {theirs.p50_ms:.3f} | {ours.p50_ms - theirs.p50_ms:+.3f} "
-            f"| {ours.cpu_ms_per_request:.3f} | {theirs.cpu_ms_per_request:.3f} "
-            f"| {ours.cpu_ms_per_request / theirs.cpu_ms_per_request:.2f} |"
-        )
+    for title, pick in (("after (this checkout)", 2), ("before (--baseline)", 1)):
+        if pick == 1 and args.baseline is None:
+            continue
+        lines += [
+            f"{title}:",
+            "",
+            "| conc | ours img/s | PA img/s | ratio | ours p50 ms | PA p50 ms | p50 diff ms "
+            "| ours CPU ms/req | PA CPU ms/req | CPU ratio |",
+            "|" + "---|" * 10,
+        ]
+        for row in rows:
+            concurrency, ours, theirs = row[0], row[pick], row[3]
+            assert isinstance(ours, ClientRun) and isinstance(theirs, ClientRun)
+            lines.append(
+                f"| {concurrency} | {ours.images_per_s:.1f} | {theirs.images_per_s:.1f} "
+                f"| {ours.images_per_s / theirs.images_per_s:.3f} | {ours.p50_ms:.3f} "
+                f"| {theirs.p50_ms:.3f} | {ours.p50_ms - theirs.p50_ms:+.3f} "
+                f"| {ours.cpu_ms_per_request:.3f} | {theirs.cpu_ms_per_request:.3f} "
+                f"| {ours.cpu_ms_per_request / theirs.cpu_ms_per_request:.2f} |"
+            )
+        lines.append("")
     lines.append("")
     return lines
 
 
 def main() -> int:
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
-        return child(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        return child(
+            sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+        )
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default="bundled,1ms", help="bundled, 1ms or both")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement window")
+    parser.add_argument(
+        "--stability-percentage",
+        type=float,
+        default=10.0,
+        help="perf_analyzer's stability rule, for both clients (default 10; a busy machine "
+        "may need more)",
+    )
+    parser.add_argument(
+        "--fast-model-dir",
+        type=Path,
+        help="the 1 ms model, written before by write_fast_model (where onnx is not installed)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this repository whose engine is measured beside this one",
+    )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     print(
@@ -280,7 +336,7 @@ def main() -> int:
             if name == "bundled":
                 lines += measure_model("bundled model (about 10 ms)", None, args)
             elif name == "1ms":
-                folder = write_fast_model(Path(scratch) / "fast-model")
+                folder = args.fast_model_dir or write_fast_model(Path(scratch) / "fast-model")
                 lines += measure_model("small model (about 1 ms)", folder, args)
             else:
                 parser.error(f"unknown model '{name}': use bundled or 1ms")
