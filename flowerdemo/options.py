@@ -205,7 +205,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         choices=WIRE_CHOICES,
         default="fp32",
         help="how images travel: fp32 tensors (the model as named), uint8 raw pixels or jpeg "
-        "bytes (the server's MODEL_uint8 / MODEL_jpeg variants), auto: the smallest offered",
+        "bytes (the server's MODEL_uint8 / MODEL_jpeg variants), auto: the smallest offered (fp32 when "
+        "--scaling asks for a scaling)",
     )
     parser.add_argument("--resize", choices=RESIZE_MODES, default="crop")
     parser.add_argument(

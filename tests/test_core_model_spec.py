@@ -232,6 +232,8 @@ def test_the_wire_picks_the_variant_by_name():
     assert wire_model_name("flowers", "auto", both) == "flowers_jpeg"
     assert wire_model_name("flowers", "auto", ["flowers", "flowers_uint8"]) == "flowers_uint8"
     assert wire_model_name("flowers", "auto", ["flowers"]) == "flowers"
+    # Asked to scale pixels: only the float input can carry that, so auto keeps it.
+    assert wire_model_name("flowers", "auto", both, client_scales=True) == "flowers"
     with pytest.raises(ModelSpecError, match=r"no jpeg variant of model 'flowers'.*flowers_uint8"):
         wire_model_name("flowers", "jpeg", ["flowers", "flowers_uint8"])
 

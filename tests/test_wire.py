@@ -222,3 +222,15 @@ def test_headless_auto_wire_says_what_travels(local_stack):
     assert "flowers_jpeg" in connected and "wire jpeg" in connected
     size = int(connected.rsplit("wire jpeg, ", 1)[1].split(" bytes")[0].replace(",", ""))
     assert 4_000 < size < 40_000
+
+
+async def test_auto_with_an_explicit_scaling_keeps_the_float_input(local_stack, samples):
+    settings = EngineSettings(
+        url=local_stack.grpc_url, wire="auto", preprocess=PreprocessOptions(scaling="inception")
+    )
+    engine = InferenceEngine(settings, [samples[0].image])
+    try:
+        spec = await engine.connect()
+    finally:
+        await engine.close()
+    assert (spec.name, spec.wire) == ("flowers", "fp32")

@@ -372,7 +372,12 @@ class InferenceEngine:
             return settings.model_name
         available = await self._model_names_or_none(deadline) or []
         try:
-            return wire_model_name(settings.model_name, settings.wire, available)
+            return wire_model_name(
+                settings.model_name,
+                settings.wire,
+                available,
+                client_scales=settings.preprocess.scaling not in (None, "none"),
+            )
         except ModelSpecError as error:
             raise ConnectError(clean_server_text(f"The {where}: {error}", 1000)) from error
 

@@ -205,14 +205,18 @@ def parse_model_spec(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> 
     return ModelSpec(layout=layout, channels=channels, height=height, width=width, **common)
 
 
-def wire_model_name(model: str, wire: WireChoice, available: Sequence[str]) -> str:
+def wire_model_name(
+    model: str, wire: WireChoice, available: Sequence[str], *, client_scales: bool = False
+) -> str:
     """The model to ask for so that images travel as `wire`; raises ModelSpecError if none.
 
     `fp32` is the model as named. `uint8` and `jpeg` are the repository's variants `<model>_uint8`
-    and `<model>_jpeg`. `auto` is the smallest variant the server lists, else the model itself.
-    The caller checks the chosen model's input (ModelSpec.wire) once it has its config.
+    and `<model>_jpeg`. `auto` is the smallest variant the server lists, else the model itself;
+    but the model itself when `client_scales` (the user asked for a pixel scaling, which only a
+    float input can carry). The caller checks the chosen model's input (ModelSpec.wire) once it
+    has its config.
     """
-    if wire == "fp32":
+    if wire == "fp32" or (wire == "auto" and client_scales):
         return model
     names = set(available)
     if wire == "auto":
