@@ -310,7 +310,17 @@ def _require_window() -> None:
         pytest.skip("the window (flowerdemo.ui.app) is not written yet")
 
 
-def _xvfb_smoke(app: Path, url: str, screenshot: Path) -> None:
+def _xvfb_smoke(app: Path, url: str, screenshot: Path, *, as_booth: bool = False) -> None:
+    """The app on Xvfb/xcb in automatic mode, full screen. `as_booth`: configured the way the
+    booth container is, by FLOWERDEMO_* variables alone (no arguments), in kiosk mode."""
+    environment = dict(os.environ)
+    if as_booth:
+        arguments: list[str] = []
+        environment.update(
+            {"FLOWERDEMO_URL": url, "FLOWERDEMO_MODE": "auto", "FLOWERDEMO_KIOSK": "1"}
+        )
+    else:
+        arguments = ["--url", url, "--mode", "auto", "--fullscreen"]
     smoke = subprocess.run(
         [
             sys.executable,
@@ -321,15 +331,12 @@ def _xvfb_smoke(app: Path, url: str, screenshot: Path) -> None:
             "10",
             "--",
             str(app),
-            "--url",
-            url,
-            "--mode",
-            "auto",
-            "--fullscreen",
+            *arguments,
         ],
         capture_output=True,
         text=True,
         timeout=120,
+        env=environment,
     )
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     keep = os.environ.get("FLOWERDEMO_SCREENSHOT_DIR")
@@ -342,7 +349,8 @@ def _xvfb_smoke(app: Path, url: str, screenshot: Path) -> None:
 def test_booth_install_script_then_the_app_draws_on_xcb(tmp_path: Path, stack_url: str) -> None:
     """What the container does, without a Docker engine: the install script (apt part as root,
     pip part into a fresh virtualenv), then the installed client under Xvfb on Qt's xcb
-    platform against a real local stack, and a screenshot that must not be blank."""
+    platform against a real local stack, configured as the container is (FLOWERDEMO_* variables,
+    kiosk mode), and a screenshot that must not be blank."""
     _require_window()
     command = ["bash", str(DOCKER / "install-client-deps.sh"), "--venv", str(tmp_path / "booth")]
     if os.geteuid() != 0:
@@ -357,7 +365,12 @@ def test_booth_install_script_then_the_app_draws_on_xcb(tmp_path: Path, stack_ur
     if "--no-apt" not in command:
         assert "already installed" in again.stdout  # idempotent: nothing left to install
 
-    _xvfb_smoke(tmp_path / "booth" / "bin" / "flowerdemo", stack_url, tmp_path / "booth-xcb.png")
+    _xvfb_smoke(
+        tmp_path / "booth" / "bin" / "flowerdemo",
+        stack_url,
+        tmp_path / "booth-xcb.png",
+        as_booth=True,
+    )
 
 
 # The frozen build takes about a minute of both cores: CI always runs it, elsewhere on request.

@@ -124,15 +124,22 @@ async def _run_window(options: RunOptions) -> int:
     from flowerdemo.ui.main_window import MainWindow
 
     window = MainWindow(options, QSettings())
-    if options.fullscreen:
+    close: Callable[[], object] = window.close
+    if options.kiosk:
+        from flowerdemo.ui.kiosk import KioskMode
+
+        kiosk = KioskMode(window, idle_s=options.idle_minutes * 60)
+        kiosk.start()
+        close = kiosk.end  # the kiosk refuses every other way of closing
+    elif options.fullscreen:
         window.showFullScreen()
     else:
         window.show()
     # Ctrl+C in the terminal and SIGTERM (a service manager, `docker stop`) close the window the
-    # same clean way as its close button. The live panel's timer runs Python code many times a
-    # second, so the handler runs promptly.
+    # same clean way as its close button (in kiosk mode, the kiosk's own end). The live panel's
+    # timer runs Python code many times a second, so the handler runs promptly.
     previous = {
-        number: signal.signal(number, lambda _number, _frame: window.close())
+        number: signal.signal(number, lambda _number, _frame: close())
         for number in (signal.SIGINT, signal.SIGTERM)
     }
     try:

@@ -11,8 +11,8 @@ supervisor thread) to the GUI thread through a queued signal, and carries out th
 panel's add, remove, kill and restart on worker threads. For a remote stack with an Envoy admin
 address it polls Envoy's upstream hosts instead.
 
-Recovery: a failed connection is retried every `retry_interval_s` until it works or the settings
-change. Once connected, the gRPC channel and the HTTP session reconnect by themselves, so a server
+Recovery: a failed connection is retried until it works or the settings change, first after
+`retry_interval_s`, then backing off (doubling) to every `max_retry_interval_s`. Once connected, the gRPC channel and the HTTP session reconnect by themselves, so a server
 that goes away and comes back needs no new engine: requests fail (and are counted) while it is
 away, and the first answer afterwards reports it back.
 """
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 STATS_WINDOW_S = 2.0
 """The sliding window of the live figures: short enough that the charts react within seconds."""
+MAX_RETRY_INTERVAL_S = 15.0
+"""Connection retries back off to this: a server that comes back is used within seconds."""
 GRACEFUL_STOP_S = 2.0
 """How long a settings change waits for outstanding requests before cancelling them."""
 ADMIN_TIMEOUT_S = 1.0
@@ -112,6 +114,8 @@ class InferenceTask(QObject):
     """One request finished (an InferenceEvent)."""
     sig_problem = Signal(str, str)
     """Something the operator should know: severity ('info', 'warning', 'error'), message."""
+    sig_retrying = Signal(int, float)
+    """A connection retry failed: attempts so far, seconds until the next one."""
     sig_recovered = Signal(str)
     """A problem went away (server answering again, instances back): a message."""
     sig_auto_running = Signal(bool)
@@ -137,6 +141,7 @@ class InferenceTask(QObject):
     ) -> None:
         super().__init__(parent)
         self.retry_interval_s = retry_interval_s
+        self.max_retry_interval_s = max(retry_interval_s, MAX_RETRY_INTERVAL_S)
         self.monitor_interval_s = monitor_interval_s
         self.stats = RunStatistics(window_s=stats_window_s)
         self._images: Sequence[Image.Image] = ()
@@ -553,7 +558,9 @@ class InferenceTask(QObject):
                 if self._engine is engine and not self._closing:
                     self._set_state(TaskState.WAITING)
                     self.sig_problem.emit(
-                        "error", f"{error} Retrying every {self.retry_interval_s:g} s."
+                        "error",
+                        f"{error} Retrying in {self.retry_interval_s:g} s, then less often "
+                        f"(up to every {self.max_retry_interval_s:g} s).",
                     )
                     self._retry = asyncio.ensure_future(self._retry_connect(engine))
                 return False
@@ -561,12 +568,18 @@ class InferenceTask(QObject):
             return True
 
     async def _retry_connect(self, engine: InferenceEngine) -> None:
+        attempts = 0
         while self._engine is engine and not self._closing:
-            await asyncio.sleep(self.retry_interval_s)
+            delay = min(self.retry_interval_s * 2**attempts, self.max_retry_interval_s)
+            await asyncio.sleep(delay)
+            attempts += 1
             try:
                 spec = await engine.connect()
             except ConnectError as error:
-                log.debug("retry: %s", error)
+                log.debug("retry %d: %s", attempts, error)
+                if self._engine is engine and not self._closing:
+                    next_delay = min(self.retry_interval_s * 2**attempts, self.max_retry_interval_s)
+                    self.sig_retrying.emit(attempts, next_delay)
                 continue
             if self._engine is engine and not self._closing:
                 self.sig_recovered.emit(f"Connected to {engine.settings.url}.")
