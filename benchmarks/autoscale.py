@@ -265,9 +265,8 @@ def main() -> int:
             if reached is not None
             else f"; {row['target']} were never reported ready during the run"
         )
-        lines.append(
-            f"- {row['at']:.1f} s: {row['before']} -> {row['target']}: {row['reason']}{when}"
-        )
+        reason = str(row["reason"]).rstrip(".")
+        lines.append(f"- {row['at']:.1f} s: {row['before']} -> {row['target']}: {reason}{when}.")
     if not decision_rows:
         lines.append("- none")
     lines += ["", "## Each time the p90 crossed the budget", ""]
