@@ -43,7 +43,7 @@ from flowerdemo.core.text import clean_server_text
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flowerdemo.serving.stack import InstanceState, LocalStack, StackSettings
+    from flowerdemo.serving.stack import InstanceState, LocalStack, StackEvent, StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class InferenceTask(QObject):
     @property
     def can_change_instances(self) -> bool:
         stack = self.control_stack
-        return stack is not None and hasattr(stack, "add_instance")
+        return stack is not None
 
     def snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot(in_flight=self.in_flight)
@@ -272,10 +272,9 @@ class InferenceTask(QObject):
         """Report the instances of `stack` as they go down and come back (sig_stack_health),
         and relay its events (sig_stack_event)."""
         self._watched_stack = stack
-        add_listener = getattr(stack, "add_listener", None)
-        if add_listener is not None and id(stack) not in self._listened:
+        if id(stack) not in self._listened:
             self._listened.add(id(stack))
-            add_listener(self._on_stack_event_in_thread)
+            stack.add_listener(self._on_stack_event_in_thread)
         if self._health_wake is None:
             self._health_wake = asyncio.Event()
         if self._monitor is None or self._monitor.done():
@@ -311,7 +310,7 @@ class InferenceTask(QObject):
                 await asyncio.wait_for(wake.wait(), self.monitor_interval_s)
             wake.clear()
 
-    def _on_stack_event_in_thread(self, event: object) -> None:
+    def _on_stack_event_in_thread(self, event: StackEvent) -> None:
         """The stack's listener (its supervisor thread): hop to the GUI thread."""
         if self._closing:
             return
@@ -319,7 +318,7 @@ class InferenceTask(QObject):
         with contextlib.suppress(RuntimeError):
             self._sig_stack_event_from_thread.emit(event)
 
-    def _on_stack_event(self, event: object) -> None:
+    def _on_stack_event(self, event: StackEvent) -> None:
         if self._closing:
             return
         self.sig_stack_event.emit(event)
@@ -435,7 +434,7 @@ class InferenceTask(QObject):
                 clock(),
                 None if math.isnan(latency) else latency,
                 ready,
-                target_instances=getattr(stack, "target_instances", None),
+                target_instances=stack.target_instances,
             )
             if decision is None or self._closing:
                 continue
@@ -744,9 +743,6 @@ def _read_health(stack: LocalStack) -> tuple[list[InstanceState], bool]:
 
 def _health_key(health: StackHealth) -> tuple[object, ...]:
     return (
-        tuple(
-            (i.index, i.name, i.state, i.message, getattr(i, "restarts", 0))
-            for i in health.instances
-        ),
+        tuple((i.index, i.name, i.state, i.message, i.restarts) for i in health.instances),
         health.envoy_running,
     )

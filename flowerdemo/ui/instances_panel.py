@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
@@ -47,6 +47,10 @@ from flowerdemo.core.stats import InstanceStats
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.ui.instance_colors import instance_color
 
+if TYPE_CHECKING:
+    from flowerdemo.serving.admin import UpstreamHost
+    from flowerdemo.serving.stack import InstanceState
+
 STATISTICS_REFRESH_S = 0.5
 """The table's figures change at most this often: readable, and cheap for the GUI thread."""
 
@@ -62,36 +66,6 @@ STATE_COLORS = {
     "stopped": "#616161",
 }
 """Text colour of a state: serving green, changing amber, not serving red, stopped grey."""
-
-
-class _InstanceStateLike(Protocol):
-    """What the panel reads from `LocalStack.states()` (serving.stack.InstanceState)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def device(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def message(self) -> str: ...
-
-
-class _UpstreamHostLike(Protocol):
-    """What the panel reads from `serving.admin.read_upstream_hosts` (UpstreamHost)."""
-
-    @property
-    def address(self) -> str: ...
-    @property
-    def instance(self) -> str: ...
-    @property
-    def healthy(self) -> bool: ...
-    @property
-    def health_flags(self) -> tuple[str, ...]: ...
-    @property
-    def ejected(self) -> bool: ...
-    @property
-    def draining(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -161,9 +135,9 @@ _WIDEST = (
 
 
 def rows_from_sources(
-    states: Sequence[_InstanceStateLike] | None = None,
+    states: Sequence[InstanceState] | None = None,
     statistics: Iterable[InstanceStats] = (),
-    upstreams: Sequence[_UpstreamHostLike] | None = None,
+    upstreams: Sequence[UpstreamHost] | None = None,
 ) -> list[InstanceRow]:
     """Join what is known about each instance by name: the stack's (or Envoy's) list first, in
     its order, then instances only the statistics know (the unknown instance, say)."""
@@ -180,7 +154,7 @@ def rows_from_sources(
                         device=state.device,
                         state=state.state,
                         detail=clean_server_text(state.message) if state.message else "",
-                        restarts=getattr(state, "restarts", None),
+                        restarts=state.restarts,
                     ),
                     by_name.get(state.name),
                 )
@@ -188,7 +162,7 @@ def rows_from_sources(
     elif upstreams is not None:
         # Envoy lists each host once per cluster (gRPC and HTTP): one row per instance, in the
         # worst state any of its clusters reports.
-        hosts: dict[str, list[_UpstreamHostLike]] = {}
+        hosts: dict[str, list[UpstreamHost]] = {}
         for host in upstreams:
             hosts.setdefault(clean_server_text(host.instance or host.address, 80), []).append(host)
         for name, group in hosts.items():
@@ -212,7 +186,7 @@ def rows_from_sources(
     return rows
 
 
-def _upstream_state(group: Sequence[_UpstreamHostLike]) -> str:
+def _upstream_state(group: Sequence[UpstreamHost]) -> str:
     if any(host.ejected for host in group):
         return "ejected"
     if any(host.draining for host in group):
@@ -371,8 +345,8 @@ class InstancesPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("instancesPanel")
-        self._states: Sequence[_InstanceStateLike] | None = None
-        self._upstreams: Sequence[_UpstreamHostLike] | None = None
+        self._states: Sequence[InstanceState] | None = None
+        self._upstreams: Sequence[UpstreamHost] | None = None
         self._statistics: tuple[InstanceStats, ...] = ()
         self._shown_at = -math.inf
         self._controllable = False
@@ -447,12 +421,12 @@ class InstancesPanel(QWidget):
         self.source_label.setText(source)
         self._enable_buttons()
 
-    def show_states(self, states: Sequence[_InstanceStateLike]) -> None:
+    def show_states(self, states: Sequence[InstanceState]) -> None:
         """The local stack's instances changed (shown at once)."""
         self._states, self._upstreams = states, None
         self._show()
 
-    def show_upstreams(self, hosts: Sequence[_UpstreamHostLike]) -> None:
+    def show_upstreams(self, hosts: Sequence[UpstreamHost]) -> None:
         """Envoy's admin view of a stack this app did not start (shown at once)."""
         if self._states is None:
             self._upstreams = hosts

@@ -47,14 +47,14 @@ from flowerdemo.ui.security_dialog import ConnectionSecurity
 from flowerdemo.ui.tiles import TileGrid, TilePhoto, thumbnail_of
 
 if TYPE_CHECKING:
-    from flowerdemo.serving.stack import LocalStack, StackSettings
+    from flowerdemo.serving.stack import LocalStack, StackEvent, StackSettings
 
 log = logging.getLogger(__name__)
 
 RESHAPE_DELAY_MS = 600
 """Top-k and batch size changes reconnect after the operator stops turning the spin box."""
 MAX_PROBLEMS_LISTED = 20
-_TROUBLE_KINDS = ("fail", "died", "down", "exit", "crash", "eject", "kill", "give")
+_TROUBLE_KINDS = frozenset(("ejected", "killed", "down", "failed", "envoy_down", "envoy_failed"))
 """Stack event kinds that reach the banner as a warning; the others only go to the log."""
 # The embedded stack shares the laptop's cores with this window: its servers run at a lower
 # priority so the event loop keeps its timing (benchmarks/gui_responsiveness.py --servers-nice).
@@ -538,24 +538,26 @@ class MainWindow(QMainWindow):
         self._show_server_info()
         stack = self.task.control_stack
         where = "embedded local stack" if self.task.local_stack is not None else "local stack"
+        target = f", target {stack.target_instances}" if stack is not None else ""
         self.controls.set_autoscale_available(self.task.can_change_instances)
         self.instances_panel.set_controllable(
             self.task.can_change_instances,
-            f"{where}: {health.serving} of {len(health.instances)} ready"
-            + (f", target {stack.target_instances}" if hasattr(stack, "target_instances") else ""),  # type: ignore[union-attr]
+            f"{where}: {health.serving} of {len(health.instances)} ready{target}",
         )
         self.instances_panel.show_states(health.instances)
 
-    def _on_stack_event(self, event: object) -> None:
-        """A StackEvent (on the GUI thread): logged; trouble also reaches the banner."""
-        kind = clean_server_text(getattr(event, "kind", ""), 40)
-        message = clean_server_text(getattr(event, "message", ""))
-        instance = getattr(event, "instance", None)
-        text = f"{clean_server_text(instance, 80)}: {message}" if instance else message
-        if any(word in kind.lower() for word in _TROUBLE_KINDS):
-            self._on_problem("warning", text or kind)
-        else:
-            self.log_panel.add(Severity.INFO, text or kind)
+    def _on_stack_event(self, event: StackEvent) -> None:
+        """What the stack's supervisor reports (on the GUI thread): logged; trouble also reaches
+        the banner."""
+        who = clean_server_text(event.instance, 80) if event.instance else "stack"
+        text = f"{who} {event.kind.replace('_', ' ')}"
+        if event.message:
+            # Messages may quote a Triton log line: server text.
+            text += f": {clean_server_text(event.message)}"
+        if event.kind in _TROUBLE_KINDS:
+            self._on_problem("warning", text)
+        elif event.kind != "target":
+            self.log_panel.add(Severity.INFO, text)
 
     # -- autoscale ----------------------------------------------------------------------
     def _autoscale_policy(self) -> AutoscalePolicy:
