@@ -155,13 +155,33 @@ def test_foreground_stack_obeys_commands_and_stops_on_sigterm(stack_settings, se
         client.close()
 
         assert child.stdin is not None
-        child.stdin.write("kill 1\n")
-        child.stdin.flush()
-        output.wait_for(r"^triton-1\s+stopped\s+-.*killed \(SIGKILL\)")
-        child.stdin.write("start 1\n")
-        child.stdin.flush()
-        restarted = int(output.wait_for(r"^triton-1\s+ready\s+(\d+)").group(1))
+
+        def send(line: str) -> None:
+            child.stdin.write(line + "\n")
+            child.stdin.flush()
+
+        # A kill is reported and the supervisor restarts the instance on its own.
+        send("kill 1")
+        output.wait_for(r"^triton-1\s+killed\s+SIGKILL")
+        output.wait_for(r"^triton-1\s+down\s+exited unexpectedly")
+        output.wait_for(r"^triton-1\s+ready\s+")
+        send("status")
+        restarted = int(output.wait_for(r"^triton-1\s+ready\s+(\d+)\s.*\s1\s+ready in").group(1))
         assert restarted != pids[1]
+        output.wait_for(r"^Envoy \(ready\) sees: triton-0 healthy .*triton-1 healthy")
+
+        # Added, then removed (drained first); Envoy is never restarted.
+        send("add")
+        output.wait_for(r"^stack\s+adding\s+triton-2")
+        output.wait_for(r"^triton-2\s+ready\s+")
+        send("remove")
+        output.wait_for(r"^stack\s+removing\s+triton-2")
+        output.wait_for(r"^triton-2\s+draining")
+        output.wait_for(r"^triton-2\s+stopped\s+removed")
+        send("frobnicate")
+        output.wait_for(r"^unknown command 'frobnicate': add \| remove")
+        send("remove triton-7")
+        output.wait_for(r"^remove triton-7: no instance named 'triton-7'")
 
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=30) == 0
@@ -177,3 +197,17 @@ def test_foreground_stack_obeys_commands_and_stops_on_sigterm(stack_settings, se
     for port in (settings.base_port + 1, settings.base_port + 11):
         assert not port_in_use("127.0.0.1", port)
     assert not port_in_use("127.0.0.1", int(settings.listen.rsplit(":", 1)[1]))
+
+
+def test_autoscale_limits_default_to_what_the_machine_holds():
+    from flowerdemo.serving.cli import autoscale_limits
+
+    cores = os.cpu_count() or 1
+    assert autoscale_limits("1:3", ("cpu",)) == (1, 3)
+    assert autoscale_limits("1:", ("cpu",)) == (1, max(cores, 1))
+    assert autoscale_limits("2", ("cuda:0", "cuda:1", "cuda:2")) == (2, 3)
+    for bad in ("0:2", "3:1", "x", "1:2:3"):
+        with pytest.raises(ValueError, match="--autoscale"):
+            autoscale_limits(bad, ("cpu",))
+    code, _, err = _serve("--autoscale", "1:2", "--no-envoy")
+    assert code == 2 and "drop --no-envoy" in err

@@ -17,11 +17,13 @@ from collections.abc import Callable
 
 import pytest
 
+from flowerdemo.core.autoscale import AutoscalePolicy
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.images import load_images
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.admin import read_upstream_hosts
+from flowerdemo.serving.cli import _Autoscaler
 from flowerdemo.serving.stack import LocalStack, StackEvent, wait_until
 
 pytestmark = pytest.mark.stack
@@ -182,3 +184,36 @@ def test_without_restart_a_dead_instance_stays_down(stack_settings):
         time.sleep(1.0)
         state = stack.states()[0]
         assert state.state == "down" and state.restarts == 0 and state.pid is None
+
+
+async def test_serve_autoscale_follows_envoys_request_time(scaling_stack):
+    """`flowerdemo serve --autoscale`'s loop on the real stack: Envoy's p90 over a budget far too
+    small adds an instance; under a budget far too large, the extra one is removed."""
+    stack = scaling_stack
+    assert stack.wait_settled(30) and stack.target_instances == 1
+    tight = AutoscalePolicy(minimum=1, maximum=2, budget_s=0.0001, over_for_s=1.0, cooldown_s=0)
+    scaler = _Autoscaler(stack, tight)
+    decisions = []
+    async with _Load(stack.grpc_url, concurrency=4) as load:
+        deadline = time.monotonic() + 15
+        while not decisions and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            decision = await asyncio.to_thread(scaler.step)
+            if decision is not None:
+                decisions.append(decision)
+        assert [(d.before, d.target) for d in decisions] == [(1, 2)], decisions
+        assert "over the 0.1 ms budget" in decisions[0].reason
+        assert stack.target_instances == 2
+        assert await asyncio.to_thread(stack.wait_settled, 30)
+
+        loose = AutoscalePolicy(minimum=1, maximum=2, budget_s=100.0, under_for_s=1.0, cooldown_s=0)
+        scaler = _Autoscaler(stack, loose)
+        deadline = time.monotonic() + 15
+        while len(decisions) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            decision = await asyncio.to_thread(scaler.step)
+            if decision is not None:
+                decisions.append(decision)
+        assert [(d.before, d.target) for d in decisions[1:]] == [(2, 1)], decisions
+        assert await asyncio.to_thread(stack.wait_settled, 30)
+    load.check_nothing_lost()

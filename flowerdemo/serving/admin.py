@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -227,27 +228,38 @@ def bucket_percentile(buckets: Buckets, percentile: float) -> float | None:
 
 
 class RequestTimeWindow:
-    """The upstream request-time percentile over the time since the previous reading: each
-    `read()` takes Envoy's cumulative histogram and keeps the difference from the last one."""
+    """The upstream request-time percentile over a recent window: each `read()` takes Envoy's
+    cumulative histogram and subtracts the one read about `span_s` seconds earlier (or the
+    previous reading, when span_s is 0)."""
 
     def __init__(
-        self, admin_address: str, cluster: str = "triton_grpc", percentile: float = 90.0
+        self,
+        admin_address: str,
+        cluster: str = "triton_grpc",
+        percentile: float = 90.0,
+        span_s: float = 0.0,
     ) -> None:
         self.admin_address = admin_address
         self.cluster = cluster
         self.percentile = percentile
-        self._previous: Buckets = {}
+        self.span_s = span_s
+        self._history: list[tuple[float, Buckets]] = []
 
     def read(self, timeout_s: float = 1.0) -> tuple[float | None, int]:
         """(percentile in seconds or None, requests in the window). AdminError when Envoy does
         not answer."""
         current = read_request_time_buckets(self.admin_address, self.cluster, timeout_s)
+        now = time.monotonic()
+        base: Buckets = self._history[0][1] if self._history else {}
         window = {
-            key: count - self._previous.get(key, 0)
+            key: count - base.get(key, 0)
             for key, count in current.items()
-            if count > self._previous.get(key, 0)
+            if count > base.get(key, 0)
         }
         if current:
-            self._previous = current
+            self._history.append((now, current))
+            # Keep the newest reading at least span_s old as the next base.
+            while len(self._history) > 1 and now - self._history[1][0] >= self.span_s:
+                self._history.pop(0)
         value = bucket_percentile(window, self.percentile)
         return (None if value is None else value / 1000.0), sum(window.values())

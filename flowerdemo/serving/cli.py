@@ -3,8 +3,11 @@
     flowerdemo serve --instances 3                      # three Tritons behind Envoy, until Ctrl-C
     flowerdemo serve --print-config out/ --device mig   # files and commands, nothing started
 
-While the stack runs, lines typed on standard input control it: `stop K`, `kill K`, `start K`,
-`status`, `quit`.
+While the stack runs, lines typed on standard input control it: `add`, `remove [NAME]`,
+`kill NAME`, `restart NAME`, `scale N`, `status`, `quit` (NAME: triton-K or K). What happens to
+the stack (an instance ready, draining, down, restarted; Envoy down and back) is printed as it
+happens. `--autoscale MIN:MAX` holds the latency budget by scaling between MIN and MAX instances,
+watching the p90 of Envoy's upstream request time.
 """
 
 from __future__ import annotations
@@ -14,18 +17,25 @@ import importlib
 import importlib.util
 import os
 import queue
+import re
 import shlex
 import signal
 import sys
 import sysconfig
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, ScaleDecision
+from flowerdemo.core.stats import DEFAULT_PERCENTILE
+from flowerdemo.core.text import clean_server_text
+from flowerdemo.options import DEFAULT_BUDGET_MS
 from flowerdemo.serving import envoy as envoy_config
+from flowerdemo.serving.admin import AdminError, RequestTimeWindow
 from flowerdemo.serving.devices import DeviceError, docker_gpus_value, resolve_devices
 from flowerdemo.serving.plan import DEFAULT_BASE_PORT, DEFAULT_MODEL_NAME, DeploymentPlan
 from flowerdemo.serving.plan import make_instances as plan_instances
@@ -34,6 +44,7 @@ from flowerdemo.serving.stack import (
     InstanceState,
     LocalStack,
     StackError,
+    StackEvent,
     StackSettings,
     resolve_model,
 )
@@ -119,6 +130,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     parser.add_argument("--no-envoy", action="store_true", help="start only the Triton instances")
     parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="leave a Triton or Envoy that dies down (default: restart it, with back-off)",
+    )
+    parser.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="hold the latency budget by adding and removing instances between MIN and MAX "
+        "(MAX left out: one per core for CPU instances, one per --device entry for GPUs)",
+    )
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=DEFAULT_BUDGET_MS,
+        help="with --autoscale: the latency budget (default: %(default)g ms)",
+    )
+    parser.add_argument(
+        "--percentile",
+        type=int,
+        default=DEFAULT_PERCENTILE,
+        help="with --autoscale: the latency percentile judged against the budget "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="keep the repository, envoy.yaml and logs here (default: a temporary folder, "
@@ -161,6 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> StackSettings:
         intra_op_threads=args.threads,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        restart=not args.no_restart,
     )
 
 
@@ -183,6 +219,24 @@ def tls_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def autoscale_limits(text: str, devices: tuple[str, ...]) -> tuple[int, int]:
+    """(minimum, maximum) from `MIN:MAX`; MAX left out is what the machine holds: one CPU
+    instance per core, or one instance per GPU device named. ValueError with a sentence."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d*))?\s*", text)
+    if not match:
+        raise ValueError(f"--autoscale takes MIN:MAX instances (e.g. 1:4, or 1:), not {text!r}")
+    minimum = int(match.group(1))
+    if match.group(2):
+        maximum = int(match.group(2))
+    elif all(device == "cpu" for device in devices):
+        maximum = max(os.cpu_count() or 1, minimum)
+    else:
+        maximum = max(len(resolve_devices(devices)), minimum)
+    if minimum < 1 or maximum < minimum:
+        raise ValueError(f"--autoscale {text}: MIN must be at least 1 and MAX not below MIN")
+    return minimum, maximum
+
+
 def run_serve(
     args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -200,6 +254,23 @@ def run_serve(
         if problem is not None:
             print(f"flowerdemo serve: {problem}", file=err)
             return 2
+    autoscale: AutoscalePolicy | None = None
+    if args.autoscale is not None and args.print_config is None:
+        try:
+            if args.no_envoy:
+                raise ValueError("--autoscale reads Envoy's request times: drop --no-envoy")
+            minimum, maximum = autoscale_limits(args.autoscale, _devices(args.device))
+            if not minimum <= args.instances <= maximum:
+                args.instances = min(max(args.instances, minimum), maximum)
+            autoscale = AutoscalePolicy(
+                minimum=minimum,
+                maximum=maximum,
+                budget_s=args.budget_ms / 1000.0,
+                percentile=args.percentile,
+            )
+        except (ValueError, DeviceError) as error:
+            print(f"flowerdemo serve: {error}", file=err)
+            return 2
     if args.print_config is not None:
         try:
             written = write_print_config(args, Path(args.print_config), target=args.target)
@@ -209,7 +280,7 @@ def run_serve(
         for path in written:
             print(path, file=out)
         return 0
-    return _run_foreground(settings_from_args(args), out, err)
+    return _run_foreground(settings_from_args(args), out, err, autoscale)
 
 
 # ----- the foreground stack --------------------------------------------------------------------
@@ -224,14 +295,24 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
 
 
 def format_states(states: list[InstanceState]) -> str:
-    lines = [f"{'instance':<12}{'state':<10}{'pid':>8}  {'gRPC':>6} {'HTTP':>6}  device   note"]
+    lines = [
+        f"{'instance':<12}{'state':<10}{'pid':>8}  {'gRPC':>6} {'HTTP':>6}  {'device':<8} "
+        f"{'restarts':>8}  note"
+    ]
     for state in states:
         pid = str(state.pid) if state.pid is not None else "-"
         lines.append(
             f"{state.name:<12}{state.state:<10}{pid:>8}  {state.grpc_port:>6} "
-            f"{state.http_port:>6}  {state.device:<8} {state.message}"
+            f"{state.http_port:>6}  {state.device:<8} {state.restarts:>8}  {state.message}"
         )
     return "\n".join(lines)
+
+
+def format_event(event: StackEvent) -> str:
+    """One line per event: `triton-1    down      exited unexpectedly ...`."""
+    who = event.instance or ("envoy" if event.kind.startswith("envoy") else "stack")
+    kind = event.kind.removeprefix("envoy_")
+    return f"{who:<12}{kind:<11}{clean_server_text(event.message)}"
 
 
 def _read_commands(commands: queue.Queue[str], stream: TextIO) -> None:
@@ -240,7 +321,12 @@ def _read_commands(commands: queue.Queue[str], stream: TextIO) -> None:
         commands.put(line.strip())
 
 
-def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
+def _run_foreground(
+    settings: StackSettings,
+    out: TextIO,
+    err: TextIO,
+    autoscale: AutoscalePolicy | None = None,
+) -> int:
     try:
         stack = LocalStack(settings)
     except StackError as error:
@@ -250,6 +336,12 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
         previous_handler = signal.signal(signal.SIGTERM, _raise_shutdown)
+    printing = threading.Lock()
+
+    def say(text: str, stream: TextIO = out) -> None:
+        with printing:
+            print(text, file=stream, flush=True)
+
     try:
         print(
             f"Starting {settings.instances} Triton instance(s)"
@@ -262,6 +354,7 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
         except StackError as error:
             print(f"flowerdemo serve: {error}", file=err)
             return 1
+        stack.add_listener(lambda event: say(format_event(event)))
         print(format_states(stack.states()), file=out)
         print(
             f"\nServing model '{settings.model_name}' on gRPC {stack.grpc_url}, "
@@ -274,9 +367,16 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
         trust = " --root-certificates CA.pem" if settings.tls_cert else ""
         print(f"Client:     flowerdemo --url {client_url}{trust}", file=out)
         print(f"Headless:   flowerdemo --url {client_url}{trust} --headless --mode auto", file=out)
-        print("Commands:   stop K | kill K | start K | status | quit   (Ctrl-C stops)", file=out)
+        if autoscale is not None:
+            print(
+                f"Autoscale:  {autoscale.minimum} to {autoscale.maximum} instances, "
+                f"p{autoscale.percentile} of Envoy's upstream request time against "
+                f"{autoscale.budget_s * 1000:g} ms",
+                file=out,
+            )
+        print(f"Commands:   {COMMANDS}   (Ctrl-C stops)", file=out)
         out.flush()
-        _control_loop(stack, out, err)
+        _control_loop(stack, say, autoscale)
         return 0
     except (KeyboardInterrupt, _Shutdown):
         return 0
@@ -290,49 +390,106 @@ def _run_foreground(settings: StackSettings, out: TextIO, err: TextIO) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _control_loop(stack: LocalStack, out: TextIO, err: TextIO) -> None:
+COMMANDS = "add | remove [NAME] | kill NAME | restart NAME | scale N | status | quit"
+
+
+class _Autoscaler:
+    """Feeds the controller the p90 (or the policy's percentile) of Envoy's upstream request
+    time over the last few seconds, and applies its decisions to the stack."""
+
+    def __init__(self, stack: LocalStack, policy: AutoscalePolicy) -> None:
+        self.stack = stack
+        self.controller = AutoscaleController(policy)
+        self.window = RequestTimeWindow(
+            stack.settings.admin_listen, percentile=policy.percentile, span_s=3.0
+        )
+
+    def step(self) -> ScaleDecision | None:
+        try:
+            latency_s, _ = self.window.read(timeout_s=1.0)
+        except AdminError:
+            latency_s = None
+        ready = sum(1 for s in self.stack.states() if s.state == "ready")
+        decision = self.controller.observe(
+            time.monotonic(), latency_s, ready, target_instances=self.stack.target_instances
+        )
+        if decision is not None:
+            self.stack.scale_to(decision.target)
+        return decision
+
+
+def _control_loop(
+    stack: LocalStack, say: Callable[..., None], autoscale: AutoscalePolicy | None = None
+) -> None:
     commands: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(
         target=_read_commands, args=(commands, sys.stdin), daemon=True, name="serve-stdin"
     )
     reader.start()
-    last_shown = [(s.state, s.pid) for s in stack.states()]
+    scaler = _Autoscaler(stack, autoscale) if autoscale is not None else None
+    next_step = time.monotonic() + 1.0
     while True:
         try:
-            command = commands.get(timeout=1.0)
+            command = commands.get(timeout=0.25)
         except queue.Empty:
             command = ""
-        if command and _handle_command(stack, command, out, err):
+        if command and _handle_command(stack, command, say):
             return
-        states = stack.states()
-        shown = [(s.state, s.pid) for s in states]
-        if shown != last_shown:
-            print(format_states(states), file=out, flush=True)
-            last_shown = shown
+        if scaler is not None and time.monotonic() >= next_step:
+            next_step = time.monotonic() + 1.0
+            decision = scaler.step()
+            if decision is not None:
+                say(
+                    f"{'autoscale':<12}{f'{decision.before}->{decision.target}':<10}{decision.reason}"
+                )
 
 
-def _handle_command(stack: LocalStack, command: str, out: TextIO, err: TextIO) -> bool:
+def _instance_name(word: str) -> str:
+    return f"triton-{word}" if word.isdigit() else word
+
+
+def _handle_command(stack: LocalStack, command: str, say: Callable[..., None]) -> bool:
     """Run one typed command; True means quit."""
     words = command.split()
     verb = words[0].lower()
+    arguments = words[1:]
     if verb in ("quit", "exit", "q"):
         return True
-    if verb == "status":
-        print(format_states(stack.states()), file=out, flush=True)
-        if stack.settings.with_envoy:
-            print(f"Envoy sees: {stack.envoy_host_health()}", file=out, flush=True)
+    try:
+        if verb == "status" and not arguments:
+            say(format_states(stack.states()))
+            if stack.settings.with_envoy:
+                hosts = stack.upstream_hosts()
+                seen = ", ".join(
+                    f"{h.instance} "
+                    + ("healthy" if h.healthy else "/".join((*h.health_flags, h.eds_status)))
+                    + f" (rq {h.rq_total}, active {h.rq_active})"
+                    for h in hosts
+                    if h.cluster == "triton_grpc"
+                )
+                say(f"Envoy ({stack.envoy_state}) sees: {seen or 'nothing'}")
+            say(f"Target: {stack.target_instances} instance(s)")
+            return False
+        if verb == "add" and not arguments:
+            say(f"{'stack':<12}{'adding':<10}{stack.add_instance()}")
+            return False
+        if verb == "remove" and len(arguments) <= 1:
+            name = stack.remove_instance(_instance_name(arguments[0]) if arguments else None)
+            say(f"{'stack':<12}{'removing':<10}{name} (drained first)")
+            return False
+        if verb == "kill" and len(arguments) == 1:
+            stack.kill_instance(_instance_name(arguments[0]))
+            return False
+        if verb == "restart" and len(arguments) == 1:
+            stack.restart_instance(_instance_name(arguments[0]))
+            return False
+        if verb == "scale" and len(arguments) == 1 and arguments[0].isdigit():
+            stack.scale_to(int(arguments[0]))
+            return False
+    except StackError as error:
+        say(f"{command}: {error}", sys.stderr)
         return False
-    if verb in ("stop", "kill", "start") and len(words) == 2 and words[1].isdigit():
-        index = int(words[1])
-        try:
-            if verb == "start":
-                stack.start_instance(index)
-            else:
-                stack.stop_instance(index, kill=verb == "kill")
-        except (StackError, IndexError) as error:
-            print(f"{verb} {index}: {error}", file=err, flush=True)
-        return False
-    print(f"unknown command {command!r}: stop K | kill K | start K | status | quit", file=err)
+    say(f"unknown command {clean_server_text(command)!r}: {COMMANDS}", sys.stderr)
     return False
 
 

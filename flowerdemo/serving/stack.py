@@ -186,6 +186,8 @@ class StackSettings:
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 8.0
 _STABLE_S = 60.0
+# Envoy checks every 0.5 s; past this, "ready" is said anyway and Envoy's view shows as ejected.
+_ENVOY_CHECK_S = 5.0
 
 
 def _backoff(attempt: int) -> float:
@@ -207,6 +209,9 @@ class _Member:
     attempts: int = 0
     ready_at: float | None = None
     next_is_restart: bool = False
+    envoy_check_since: float | None = None
+    """Triton answered ready at this time; waiting for Envoy's health check to agree."""
+    ready_message: str = ""
     stopped_message: str = "stopped on request"
 
 
@@ -538,6 +543,7 @@ class LocalStack:
 
     def _launch(self, member: _Member) -> None:
         member.instance.start()
+        member.envoy_check_since = None
         member.ready_at = None
         member.stop_begun = False
         member.drain_started = None
@@ -806,6 +812,7 @@ class LocalStack:
     def _begin_drain(self, member: _Member, why: str) -> None:
         instance = member.instance
         member.stopped_message = why
+        member.envoy_check_since = None
         if instance.alive():
             member.drain_started = time.monotonic()
             member.stop_begun = False
@@ -921,6 +928,24 @@ class LocalStack:
         instance = member.instance
         now = time.monotonic()
         state = instance.state
+        if state == "starting" and member.envoy_check_since is not None:
+            # Triton is ready; "ready" once Envoy's health check agrees, so that ready always
+            # means "Envoy sends it requests".
+            mine = self._hosts_of(member, hosts)
+            if not instance.alive():
+                message = instance.death_message()
+                instance.reap("down", message)
+                member.envoy_check_since = None
+                self._after_failure(member, "down", message)
+            elif (
+                (mine and all(h.healthy for h in mine))
+                or self._envoy_state != "ready"
+                or now - member.envoy_check_since > _ENVOY_CHECK_S
+            ):
+                member.envoy_check_since = None
+                instance.set_state("ready", member.ready_message)
+                self._emit(instance.name, "ready", instance.message)
+            return
         if state == "starting":
             outcome = instance.check_started(probe_timeout=0.2)
             if outcome == "ready":
@@ -928,7 +953,12 @@ class LocalStack:
                 if member.wanted:
                     member.published = True
                     self._publish()
-                    self._emit(instance.name, "ready", instance.message)
+                    if self._envoy is None:
+                        self._emit(instance.name, "ready", instance.message)
+                    else:
+                        member.ready_message = instance.message
+                        member.envoy_check_since = now
+                        instance.set_state("starting", "ready; waiting for Envoy's health check")
                 else:
                     self._begin_drain(member, member.stopped_message)
             elif outcome == "failed":
@@ -1040,7 +1070,9 @@ class LocalStack:
             return
         if restart:
             instance.restarts += 1
-        self._emit(instance.name, "restarting" if restart else "starting", instance.plan.device)
+        self._emit(
+            instance.name, "restarting" if restart else "starting", f"on {instance.plan.device}"
+        )
 
     def _supervise_envoy(self) -> None:
         envoy = self._envoy
