@@ -459,6 +459,19 @@ def test_the_cap_is_the_component_nearest_saturation():
     record["stub"]["busiest_instance"] = 0.3
     assert ceiling.name_cap(record).startswith("none saturated (highest: tritonserver 0.60")
     assert ceiling.name_cap({}) == "not measured"
+    # Under MPS the slices' own device time counts, not NVML's any-kernel-running figure.
+    record["config"] = "mps7-u8"
+    record["gpu"]["gpu_util_mean"] = 99.0
+    record["stub"] = {
+        "busiest_instance": 0.5,
+        "instances": {"a": {"busy": 0.5}, "b": {"busy": 0.7}},
+        "per_batch_ms": {"execute": 10.0, "device_span": 8.0},
+    }
+    assert ceiling.name_cap(record) == "none saturated (highest: tritonserver 0.60)"
+    record["stub"]["instances"] = {"a": {"busy": 0.95}, "b": {"busy": 0.95}}
+    record["stub"]["busiest_instance"] = 0.95
+    record["stub"]["per_batch_ms"]["device_span"] = 9.5
+    assert ceiling.name_cap(record) == "python stub 0.95"
 
 
 def test_ceiling_sets_vary_one_thing_at_a_time():
@@ -483,5 +496,6 @@ def test_ceiling_sets_vary_one_thing_at_a_time():
         # batch-8 requests keep the images in flight: batch and concurrency change together.
         assert changed and (len(changed) == 1 or changed == {"batch", "concurrency"}), other
     assert all(p.envoy_workers != 8 for p in others)  # 8 is the stack's own Envoy
-    for experiment in (*sets["instances"], *sets["mps"]):
+    assert {e.copy_threads for e in sets["threads"]} == {1}
+    for experiment in (*sets["instances"], *sets["mps"], *sets["threads"]):
         _configs(experiment.config)  # every configuration name parses

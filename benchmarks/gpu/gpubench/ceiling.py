@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,11 @@ class Probe:
 class Experiment:
     config: str  # a configuration name (configs.parse_configs)
     probes: tuple[Probe, ...]
+    copy_threads: int | None = None  # the model's torch threads, if not the configuration's
+
+    @property
+    def name(self) -> str:
+        return self.config + (f"-ct{self.copy_threads}" if self.copy_threads else "")
 
 
 def _core(c: int, *, pa: bool = True, direct: bool = True) -> tuple[Probe, ...]:
@@ -131,6 +136,51 @@ def experiment_sets(envoy_workers: int) -> dict[str, tuple[Experiment, ...]]:
                 ),
             ),
         ),
+        # The first rounds left torch's intra-op threads at 4 (whole) and 2 (mps) per model
+        # instance, for the host copies: measured, they take whole cores. One thread each:
+        "threads": (
+            Experiment(
+                "wholex2-u8",
+                (
+                    *_core(c),
+                    Probe("batch-8 requests", "ours", 16, batch=8),
+                    Probe("batch-8 requests", "perf_analyzer", 32, batch=8),
+                ),
+                copy_threads=1,
+            ),
+            Experiment(
+                "wholex4-u8",
+                (
+                    *_core(c),
+                    Probe("batch-8 requests", "ours", 16, batch=8),
+                    Probe("batch-8 requests", "perf_analyzer", 32, batch=8),
+                ),
+                copy_threads=1,
+            ),
+            Experiment(
+                "wholex8-u8",
+                (*_core(c, direct=False), Probe("batch-8 requests", "perf_analyzer", 32, batch=8)),
+                copy_threads=1,
+            ),
+            Experiment(
+                "mps7-u8",
+                (
+                    *(Probe(f"sweep c={k}", "ours", k) for k in (64, 128, 256)),
+                    Probe("client: perf_analyzer", "perf_analyzer", 128),
+                    *(Probe(f"batch-8 requests, c={k}", "ours", k, batch=8) for k in (16, 24, 32)),
+                ),
+                copy_threads=1,
+            ),
+            Experiment(
+                "mps1-u8",
+                (
+                    *(Probe(f"sweep c={k}", "ours", k) for k in (16, 32, 64)),
+                    Probe("batch-8 requests", "ours", 4, batch=8),
+                    Probe("batch-8 requests, c=6", "ours", 6, batch=8),
+                ),
+                copy_threads=1,
+            ),
+        ),
         # The whole path on the CPU here (bundled model, no GPU): checks the driver.
         "cpu": (
             Experiment(
@@ -166,7 +216,17 @@ def saturation(record: dict[str, Any]) -> dict[str, float]:
     if busy is not None:
         out["python stub"] = max(out.get("python stub", 0.0), float(busy))
     gpu = record.get("gpu", {}).get("gpu_util_mean")
-    if gpu is not None:
+    stub = record.get("stub", {})
+    if str(record.get("config", "")).startswith("mps"):
+        # NVML's utilisation counts the time any MPS client had a kernel running (7 clients:
+        # near 100% whatever each slice does): each slice's own device time share instead,
+        # the share of time its stub spent in `execute`, scaled by device span / execute.
+        shares = [v["busy"] for v in stub.get("instances", {}).values() if v.get("busy")]
+        per_batch = stub.get("per_batch_ms", {})
+        if shares and per_batch.get("execute"):
+            ratio = per_batch["device_span"] / per_batch["execute"]
+            out["GPU slices (device time)"] = sum(shares) / len(shares) * ratio
+    elif gpu is not None:
         out["GPU"] = float(gpu) / 100
     idle = record.get("cpu", {}).get("machine_idle")
     if idle is not None:
@@ -314,6 +374,8 @@ class CeilingRun:
                         whole_copy_threads=4,
                         mps_copy_threads=2,
                     )[0]
+                    if experiment.copy_threads:
+                        config = replace(config, copy_threads=experiment.copy_threads)
                     need = Plan.load_estimate_s(config) + 2 * probe_seconds(
                         self.plan, experiment.probes[0]
                     )
@@ -358,7 +420,11 @@ class CeilingRun:
             _, settings, variables = stack_parts(
                 config, self.plan, work, self.deadline, mps, str(timing)
             )
-        stack_record: dict[str, Any] = {"config": config.name, "label": config.label}
+        stack_record: dict[str, Any] = {
+            "config": experiment.name,
+            "label": config.label,
+            "copy_threads": config.copy_threads,
+        }
         self.stacks.append(stack_record)
         stack = LocalStack(settings)
         pools: dict[tuple[str, int], Any] = {}
@@ -391,8 +457,9 @@ class CeilingRun:
                     stack_record["status"] = "cut short (time)"
                     break
                 record: dict[str, Any] = {
-                    "config": config.name,
+                    "config": experiment.name,
                     "label": config.label,
+                    "copy_threads": config.copy_threads,
                     **asdict(probe),
                 }
                 try:
@@ -486,7 +553,7 @@ class CeilingRun:
                 self.records.append(record)
                 self.save()
                 log(
-                    f"ceiling {config.name} {probe.describe()} [{probe.varied}]: "
+                    f"ceiling {experiment.name} {probe.describe()} [{probe.varied}]: "
                     f"{record.get('images_per_s', 0):8.1f} img/s p90 "
                     f"{record.get('p90_ms', float('nan')):7.2f} ms | GPU "
                     f"{record.get('gpu', {}).get('gpu_util_mean', '?')}% | idle CPU "

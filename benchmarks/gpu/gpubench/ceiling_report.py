@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gpubench.ceiling import name_cap
 from gpubench.configs import BUDGET_MS, TARGETS
 
 COMPONENT_ORDER = (
@@ -160,6 +161,11 @@ def write_ceiling_report(files: list[Path], out: Path) -> int:
     for path in files:
         data = json.loads(path.read_text())
         if "records" in data:
+            # The cap named again with the current rule (the run's own naming is kept as
+            # "cap_at_run").
+            for record in data["records"]:
+                record["cap_at_run"] = record.get("cap", "")
+                record["cap"] = name_cap(record)
             records += data["records"]
             stacks += data.get("stacks", [])
             gpu = data.get("gpu", gpu)
