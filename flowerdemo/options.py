@@ -384,6 +384,11 @@ def validate_options(options: RunOptions) -> list[str]:
         problems.append(
             f"--request-rate must be above 0 and at most 100000 per second, not {options.request_rate}"
         )
+    if options.request_rate is not None and not (options.headless and options.mode == "auto"):
+        problems.append(
+            "--request-rate paces an automatic headless run: add --headless --mode auto "
+            "(or measure rates with 'flowerdemo bench --request-rate')"
+        )
     if options.poisson and options.request_rate is None:
         problems.append("--poisson shapes --request-rate: give a rate too")
     try:

@@ -83,6 +83,11 @@ def test_open_loop_run_on_the_embedded_stack_reports_the_servers_split(stack_set
         ({"autoscale": "many"}, "--autoscale takes MIN:MAX"),
         ({"poisson": True}, "give a rate too"),
         ({"request_rate": 0.0}, "--request-rate must be above 0"),
+        (
+            {"request_rate": 10.0, "mode": "interactive", "headless": True},
+            "add --headless --mode auto",
+        ),
+        ({"request_rate": 10.0, "mode": "auto"}, "add --headless --mode auto"),
         ({"server_urls": ("nohost",)}, "--server-url"),
     ],
 )
