@@ -71,7 +71,7 @@ class OpenLoopLoad:
         self._stop = True
 
     async def run(self, duration_s: float | None = None) -> None:
-        self._stop = False
+        """Send until stop() (also when it came before this started) or `duration_s`."""
         batches = self._batches()
         started = time.monotonic()
         end = None if duration_s is None else started + duration_s
