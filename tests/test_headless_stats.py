@@ -32,6 +32,7 @@ def test_instance_lines_name_each_instance_with_its_share_and_latencies():
     assert instance_lines(bare.snapshot()) == []
 
 
+@pytest.mark.stack
 def test_json_report_of_a_real_run_carries_instances_and_goodput(local_stack, tmp_path):
     report = tmp_path / "run.json"
     options = RunOptions(
@@ -52,6 +53,7 @@ def test_json_report_of_a_real_run_carries_instances_and_goodput(local_stack, tm
     assert "Goodput" in out.getvalue()
 
 
+@pytest.mark.stack
 def test_open_loop_run_on_the_embedded_stack_reports_the_servers_split(stack_settings, tmp_path):
     report = tmp_path / "run.csv"
     options = RunOptions(
@@ -102,6 +104,7 @@ def test_autoscale_maximum_defaults_to_the_cores():
     assert RunOptions(url=None, autoscale="2:3").autoscale_limits() == (2, 3)
 
 
+@pytest.mark.stack
 def test_autoscale_adds_an_instance_when_the_budget_cannot_hold(stack_settings, tmp_path):
     """A 1 ms budget no CPU model meets: after 3 s over it the controller adds an instance,
     the stack is told, and no request is lost on the way."""

@@ -27,6 +27,7 @@ def instance_urls(stack) -> list[str]:
     return [f"127.0.0.1:{s.grpc_port}" for s in stack.states() if s.state == "ready"]
 
 
+@pytest.mark.stack
 def test_server_columns_are_real_values_summed_over_the_instances(local_stack, photos, tmp_path):
     async def measure():
         engine = InferenceEngine(EngineSettings(url=local_stack.grpc_url), photos)
@@ -55,6 +56,7 @@ def test_server_columns_are_real_values_summed_over_the_instances(local_stack, p
     assert float(written["Goodput"]) == 1.0
 
 
+@pytest.mark.stack
 def test_a_server_that_cannot_be_read_is_left_out(local_stack, free_port):
     async def read():
         urls = [*instance_urls(local_stack), f"127.0.0.1:{free_port()}"]
@@ -68,6 +70,7 @@ def test_a_server_that_cannot_be_read_is_left_out(local_stack, free_port):
     assert sorted(totals) == sorted(instance_urls(local_stack))
 
 
+@pytest.mark.stack
 def test_open_loop_sends_at_the_rate_asked_for(local_stack, photos):
     """A count, not a timing assertion: 2 s at 40 requests/s is 80 requests, within 5 %."""
     rate, duration = 40.0, 2.0
