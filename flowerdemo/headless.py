@@ -433,23 +433,25 @@ def _print_decisions(
 def _print_admin(admin: str, out: TextIO) -> None:
     """Each upstream host as Envoy's admin interface sees it (a stack this run may not own)."""
     try:
-        from flowerdemo.serving.admin import read_upstream_hosts
-
+        from flowerdemo.serving.admin import AdminError, read_upstream_hosts
+    except ImportError as error:
+        print(f"Envoy admin at {admin}: cannot be read here ({error})", file=out)
+        return
+    try:
         hosts = read_upstream_hosts(admin, 2.0)
-    except Exception as error:  # the admin interface is optional: say why and go on
+    except (AdminError, OSError, ValueError) as error:  # optional: say why and go on
         print(
             f"Envoy admin at {admin}: no instance list ({clean_server_text(str(error))})", file=out
         )
         return
     print(f"Envoy admin at {admin}: {len(hosts)} upstream host(s)", file=out)
     for host in hosts:
-        name = clean_server_text(str(getattr(host, "instance", None) or "-"))
-        flags = clean_server_text(",".join(getattr(host, "health_flags", ()) or ()))
-        health = "healthy" if getattr(host, "healthy", False) else f"UNHEALTHY {flags}".strip()
-        cluster = clean_server_text(str(getattr(host, "cluster", "") or ""))
+        health = "healthy" if host.healthy else "UNHEALTHY " + ",".join(host.health_flags)
         print(
-            f"  {cluster:<14} {clean_server_text(str(host.address)):<22} {name:<12} {health:<20} "
-            f"requests {getattr(host, 'rq_total', '?')} (errors {getattr(host, 'rq_error', '?')})",
+            f"  {clean_server_text(host.cluster):<14} {clean_server_text(host.address):<22} "
+            f"{clean_server_text(host.instance):<12} {clean_server_text(health):<24} "
+            f"{clean_server_text(host.eds_status):<10} requests {host.rq_total} "
+            f"(errors {host.rq_error})",
             file=out,
         )
 

@@ -11,7 +11,7 @@ import pytest
 
 from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.stats import RunStatistics
-from flowerdemo.headless import instance_lines, run_headless
+from flowerdemo.headless import _print_admin, instance_lines, run_headless
 from flowerdemo.options import RunOptions, validate_options
 
 
@@ -42,15 +42,28 @@ def test_json_report_of_a_real_run_carries_instances_and_goodput(local_stack, tm
         duration_s=1.5,
         report=report,
         budget_ms=10_000.0,
+        admin=local_stack.settings.admin_listen,
     )
     out = io.StringIO()
     assert run_headless(options, out=out, err=io.StringIO()) == 0, out.getvalue()
+    text = out.getvalue()
     statistics = json.loads(report.read_text())["statistics"]
     assert statistics["answered"] > 0
+    # Our Envoy names the instance of every answer: both of the stack's appear, and add up.
+    names = {i["name"] for i in statistics["instances"]}
+    assert names == {"triton-0", "triton-1"}, names
     assert sum(i["answered"] for i in statistics["instances"]) == statistics["answered"]
     assert statistics["percentile"] == 90
     assert statistics["run_goodput"] == 1.0  # a 10 s budget holds every answer
-    assert "Goodput" in out.getvalue()
+    assert "Goodput" in text and "Instances (2):" in text
+    # Envoy's own view of the same instances, from its admin interface.
+    assert "upstream host(s)" in text and "triton-1" in text.split("Envoy admin at")[1]
+
+
+def test_an_unreachable_admin_interface_is_one_line_not_a_traceback(free_port):
+    out = io.StringIO()
+    _print_admin(f"127.0.0.1:{free_port()}", out)
+    assert out.getvalue().count("\n") == 1 and "no instance list" in out.getvalue()
 
 
 @pytest.mark.stack
