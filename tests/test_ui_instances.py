@@ -91,6 +91,10 @@ def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
     panel.show_statistics([_stats("triton-1", 99, 1.0, 1.0, 0.01, 0.02)], now=100.2)
     assert model.row_of("triton-1").answered == 90
 
+    panel.select(UNKNOWN_INSTANCE)
+    assert not panel.kill_button.isEnabled()  # not an instance of the stack
+    panel.select("triton-1")
+
     # A removed instance leaves; the selection follows its row.
     removed.clear()
     panel.show_states([_instance("triton-0"), _instance("triton-1")])

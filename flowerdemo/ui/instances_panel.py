@@ -476,7 +476,11 @@ class InstancesPanel(QWidget):
 
     def _enable_buttons(self) -> None:
         local = self._controllable and self._states is not None
-        selected = self.selected_name() is not None
+        # Only the stack's own instances can be killed or restarted (not a row only the
+        # answers know, such as "unknown").
+        selected = self._states is not None and self.selected_name() in {
+            state.name for state in self._states
+        }
         self.add_button.setEnabled(local)
         self.remove_button.setEnabled(local and bool(self._states))
         self.kill_button.setEnabled(local and selected)
