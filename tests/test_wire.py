@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from flowerdemo.core.engine import ConnectError, EngineSettings, InferenceEngine
 from flowerdemo.core.events import InferenceEvent
@@ -134,9 +135,14 @@ def test_an_undecodable_photo_fails_only_its_own_request(local_stack, samples):
         tensor.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
         return client.infer("flowers_jpeg", [tensor], client_timeout=10)
 
+    # A 65,500 x 1 PNG is a few hundred bytes, but covering 224 x 224 would take gigabytes.
+    strip = io.BytesIO()
+    Image.new("RGB", (65_500, 1)).save(strip, format="PNG")
     try:
         with pytest.raises(Exception, match="cannot read the input image"):
             ask(b"not a picture at all")
+        with pytest.raises(Exception, match="aspect ratio too extreme"):
+            ask(strip.getvalue())
         answer = ask(good.getvalue()).as_numpy("probabilities")
     finally:
         client.close()
