@@ -238,3 +238,15 @@ def test_wire_options_out_of_range(model_dir):
         RepositoryOptions(wires=("jpeg",)).check()
     with pytest.raises(RepositoryError, match="serves its variants as ensembles"):
         render_config(info, RepositoryOptions(), flavour="onnx", wire="uint8")
+
+
+def test_the_container_deployments_load_the_wire_variants(tmp_path):
+    from flowerdemo.__main__ import main
+
+    dest = tmp_path / "deploy"
+    assert main(["serve", "--print-config", str(dest), "--target", "compose", "-n", "1"]) == 0
+    compose = (dest / "compose.yaml").read_text()
+    for model in ("flowers", "flowers_uint8", "flowers_jpeg"):
+        assert f"--load-model={model}" in compose, model
+    # Explicit loading of an ensemble brings its preprocessing step: the repository holds it.
+    assert (dest / "repository-onnx" / "flowers_jpeg_preprocess" / "1" / "model.py").is_file()

@@ -25,6 +25,7 @@ import yaml
 from flowerdemo.serving.devices import docker_gpus_value
 from flowerdemo.serving.envoy import EnvoySettings, build_config, split_address, to_yaml
 from flowerdemo.serving.plan import DeploymentPlan
+from flowerdemo.serving.repository import WIRES, variant_name
 
 # Triton's own ports inside its container or pod.
 TRITON_HTTP_PORT = 8000
@@ -153,6 +154,12 @@ def _triton_args(plan: DeploymentPlan) -> list[str]:
         f"--model-repository={CONTAINER_REPOSITORY}",
         "--model-control-mode=explicit",
         f"--load-model={plan.model_name}",
+        # The wire variants (ensembles: Triton loads their preprocessing steps with them).
+        *(
+            f"--load-model={variant_name(plan.model_name, wire)}"
+            for wire in WIRES
+            if wire != "fp32"
+        ),
         "--strict-readiness=true",
         "--exit-on-error=true",
     ]
