@@ -345,9 +345,8 @@ class InferenceTask(QObject):
 
     async def kill_instance(self, name: str) -> bool:
         """SIGKILL `name` (fault injection)."""
+        # The stack reports the kill itself (a "killed" event, then "down"): nothing to add.
         done = await self._stack_call(f"Killing {name}", lambda stack: stack.kill_instance(name))
-        if done is not None:
-            self.sig_problem.emit("warning", f"Killed {name} (SIGKILL).")
         return done is not None
 
     async def restart_instance(self, name: str) -> bool:
