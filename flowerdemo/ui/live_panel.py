@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from flowerdemo.core.stats import StatsSnapshot
+from flowerdemo.core.text import clean_server_text
 from flowerdemo.ui.instance_chart import InstanceThroughputChart
 
 HISTORY_S = 60.0
@@ -93,7 +94,9 @@ class LivePanel(QWidget):
         super().__init__(parent)
         self._budget_ms = budget_ms
         self._over_budget = False
-        self._last_verdict: tuple[int, float, int] | None = None
+        self._last_verdict: tuple[int, float, int, str] | None = None
+        self._counts: deque[tuple[float, int, int]] = deque()
+        """(time, answered, failed) at each refresh over the last window: are requests failing?"""
         """The last snapshot's (window answers, latency at the verdict percentile, percentile)."""
         self._latency_top = 0.0
         self._throughput_top = 0.0
@@ -234,6 +237,7 @@ class LivePanel(QWidget):
 
     def clear_history(self) -> None:
         self._history.clear()
+        self._counts.clear()
         self.instances_chart.clear()
 
     def add_marker(self, at: float, text: str) -> None:
@@ -279,17 +283,29 @@ class LivePanel(QWidget):
         while self._history and self._history[0][0] < now - HISTORY_S:
             self._history.popleft()
 
-        verdict = self._judge((window.count, snapshot.window_verdict_s, snapshot.percentile))
+        # A few clicks (interactive mode) leave the short window empty within seconds: the
+        # figures and the verdict then describe every answer of the run instead.
+        shown, verdict_s = window, snapshot.window_verdict_s
+        if window.count < MIN_SAMPLES_FOR_VERDICT and snapshot.run.count > window.count:
+            shown, verdict_s = snapshot.run, snapshot.run_verdict_s
+        failing = self._failing_text(snapshot, now)
+        if failing is not None:
+            self._last_verdict = None
+            self._show_failing(failing)
+            verdict = None
+        else:
+            scope = "" if shown is window else f"  (all {shown.count:,} answers)"
+            verdict = self._judge((shown.count, verdict_s, snapshot.percentile, scope))
         self.throughput.set(f"{rate:,.0f}" if settled else "–")
         for figure, value in (
-            (self.p50, window.p50),
-            (self.p90, window.p90),
-            (self.p99, window.p99),
+            (self.p50, shown.p50),
+            (self.p90, shown.p90),
+            (self.p99, shown.p99),
         ):
-            figure.set(_ms_text(value) if have_window else "–")
+            figure.set(_ms_text(value) if shown.count else "–")
         judged = {50: self.p50, 90: self.p90, 99: self.p99}.get(snapshot.percentile)
         if verdict is False and judged is not None:
-            judged.set(_ms_text(snapshot.window_verdict_s), OVER_COLOR)
+            judged.set(_ms_text(verdict_s), OVER_COLOR)
         self.sent.set(f"{snapshot.sent:,}")
         self.answered.set(f"{snapshot.answered:,}")
         self.failed.set(f"{snapshot.failed:,}", "#ff7043" if snapshot.failed else None)
@@ -341,32 +357,73 @@ class LivePanel(QWidget):
         if self.server_split.isHidden():
             self.server_split.show()
 
-    def _judge(self, verdict: tuple[int, float, int] | None) -> bool | None:
-        """Within budget (True), over (False), or too few answers to say (None); shown."""
+    def _failing_text(self, snapshot: StatsSnapshot, now: float) -> str | None:
+        """The headline when requests fail and none is answered: over the last window, or, when
+        nothing was ever answered, over the whole run. None otherwise."""
+        self._counts.append((now, snapshot.answered, snapshot.failed))
+        while len(self._counts) > 1 and self._counts[1][0] <= now - max(snapshot.window_s, 1.0):
+            self._counts.popleft()
+        _at, answered_before, failed_before = self._counts[0]
+        recent_failed = snapshot.failed - failed_before
+        if snapshot.answered == 0 and snapshot.failed > 0:
+            count, where = snapshot.failed, "every request failed"
+        elif recent_failed > 0 and snapshot.answered == answered_before:
+            count, where = recent_failed, "requests failing, none answered"
+        else:
+            return None
+        reason = clean_server_text(snapshot.last_error, limit=90) if snapshot.last_error else ""
+        text = f"{where.upper()} ({count:,})"
+        return f"{text}: {reason}" if reason else text
+
+    def _show_failing(self, text: str) -> None:
+        changed = self._verdict != "failing"
+        self._verdict = "failing"
+        self._over_budget = False
+        self.badge.setText(text)
+        if changed:
+            self.badge.setStyleSheet(
+                f"background: {OVER_COLOR}; color: white; border-radius: 6px; padding: 6px;"
+            )
+            self.latency_plot.setBackground(CHART_BACKGROUND)
+
+    def _judge(self, verdict: tuple[int, float, int, str] | None) -> bool | None:
+        """Within budget (True), over (False), or too few answers to say (None); shown.
+        `verdict`: answers judged, the latency at the verdict percentile, the percentile, and
+        what was judged when it is not the window (shown after the figures)."""
         self._last_verdict = verdict
         if verdict is None or verdict[0] < MIN_SAMPLES_FOR_VERDICT or math.isnan(verdict[1]):
-            self._show_verdict(None)
+            self._show_verdict(None, answers=verdict[0] if verdict is not None else 0)
             return None
         latency_ms = verdict[1] * 1000.0
         within = latency_ms <= self._budget_ms
-        self._show_verdict(within, latency_ms, verdict[2])
+        self._show_verdict(within, latency_ms, verdict[2], verdict[3])
         return within
 
     def _show_verdict(
-        self, within: bool | None, latency_ms: float = math.nan, percentile: int = 90
+        self,
+        within: bool | None,
+        latency_ms: float = math.nan,
+        percentile: int = 90,
+        scope: str = "",
+        *,
+        answers: int = 0,
     ) -> None:
         changed = within is not self._verdict
         self._verdict = within
         self._over_budget = within is False
         if within is None:
-            text, color = f"budget {self._budget_ms:.0f} ms: waiting for answers", IDLE_COLOR
+            if answers:
+                text = f"budget {self._budget_ms:.0f} ms: {answers} answer(s) so far"
+            else:
+                text = f"budget {self._budget_ms:.0f} ms: waiting for answers"
+            color = IDLE_COLOR
         elif within:
             text = f"WITHIN BUDGET  p{percentile} {latency_ms:.0f} ≤ {self._budget_ms:.0f} ms"
             color = OK_COLOR
         else:
             text = f"OVER BUDGET  p{percentile} {latency_ms:.0f} > {self._budget_ms:.0f} ms"
             color = OVER_COLOR
-        self.badge.setText(text)
+        self.badge.setText(text + scope)
         if changed:
             self.badge.setStyleSheet(
                 f"background: {color}; color: white; border-radius: 6px; padding: 6px;"
