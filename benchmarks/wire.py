@@ -242,6 +242,7 @@ def _link_name(mbit: float) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    load_before = os.getloadavg()
     photos = [image.image for image in load_images(sample_images_dir()).images]
     links = [float(x) for x in args.link_mbit.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="flowerdemo-wire-") as folder:
@@ -282,15 +283,19 @@ async def run(args: argparse.Namespace) -> int:
                 envoy.stop()
             stack.stop()
     load = os.getloadavg()
-    print()
-    print(
+    report = (
         f"Wire formats, {args.instances} Triton instance(s) (CPU) behind Envoy, our engine at "
         f"concurrency {args.concurrency}, batch {args.batch_size}, {args.seconds:g} s per cell "
         f"after {args.warmup:g} s warm-up; {os.cpu_count()} cores, {platform.machine()}; "
-        f"load average after the run {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+        f"load average (1, 5, 15 min) before the run {load_before[0]:.2f}, {load_before[1]:.2f}, "
+        f"{load_before[2]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}\n\n"
+        + table(results, links, args)
+        + "\n"
     )
     print()
-    print(table(results, links, args))
+    print(report, end="")
+    if args.output is not None:
+        args.output.write_text(report, encoding="utf-8")
     return 0
 
 
@@ -307,6 +312,7 @@ def main() -> int:
         "--link-mbit", default="1000", help="simulated links, Mbit/s, comma-separated"
     )
     parser.add_argument("--wires", default=",".join(WIRES))
+    parser.add_argument("--output", type=Path, help="also write the table here (Markdown)")
     args = parser.parse_args()
     args.wires = [w.strip() for w in args.wires.split(",")]
     unknown = [w for w in args.wires if w not in WIRES]
