@@ -7,13 +7,18 @@ with Envoy's bandwidth-limit filter pacing everything through it to a simulated 
 (`--link-mbit`, default 1000 = 1 Gbit/s). For each wire format our engine keeps `--concurrency`
 requests outstanding for `--seconds` after a warm-up.
 
+`--model fast` serves a model of about 1 ms of server time with the bundled model's contract
+(benchmarks/client_vs_perf_analyzer.py builds it) instead of the bundled one: the compute-bound
+rate is then far above what 1 Gbit/s carries in FP32, as with a GPU behind the link, and the
+variants' own server cost (scaling, JPEG decoding) shows.
+
 Bytes per request are measured twice: the client's input payload (what the wire format costs)
 and what Envoy received per request on its listener (`downstream_cx_rx_bytes_total` over
 `downstream_rq_total`: HTTP/2 framing and headers included). The link cap is the link's bytes
 per second over the bytes per request on the wire.
 
     PYTHONPATH=. python benchmarks/wire.py [--instances 2] [--concurrency 8] [--seconds 8]
-        [--link-mbit 1000,100] [--wires fp32,uint8,jpeg] [--batch-size 1]
+        [--link-mbit 1000,100] [--wires fp32,uint8,jpeg] [--batch-size 1] [--model fast]
 
 Say the machine's load (`uptime`) with the figures: the client shares the cores with Triton.
 """
@@ -248,12 +253,18 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="flowerdemo-wire-") as folder:
         workdir = Path(folder)
         base = free_port_block(10 * (args.instances - 1) + 3)
+        if args.model == "fast":
+            from client_vs_perf_analyzer import write_fast_model
+
+            model_dir = write_fast_model(workdir / "fast-model")
+        else:
+            model_dir = bundled_model_dir()
         stack = LocalStack(
             StackSettings(
                 instances=args.instances,
                 base_port=base,
                 with_envoy=False,
-                model=bundled_model_dir(),
+                model=model_dir,
                 max_batch_size=32,
             )
         )
@@ -284,7 +295,8 @@ async def run(args: argparse.Namespace) -> int:
             stack.stop()
     load = os.getloadavg()
     report = (
-        f"Wire formats, {args.instances} Triton instance(s) (CPU) behind Envoy, our engine at "
+        f"Wire formats, {args.model} model, {args.instances} Triton instance(s) (CPU) behind "
+        f"Envoy, our engine at "
         f"concurrency {args.concurrency}, batch {args.batch_size}, {args.seconds:g} s per cell "
         f"after {args.warmup:g} s warm-up; {os.cpu_count()} cores, {platform.machine()}; "
         f"load average (1, 5, 15 min) before the run {load_before[0]:.2f}, {load_before[1]:.2f}, "
@@ -312,6 +324,12 @@ def main() -> int:
         "--link-mbit", default="1000", help="simulated links, Mbit/s, comma-separated"
     )
     parser.add_argument("--wires", default=",".join(WIRES))
+    parser.add_argument(
+        "--model",
+        choices=("bundled", "fast"),
+        default="bundled",
+        help="the bundled flower model, or a ~1 ms model (compute far above the link)",
+    )
     parser.add_argument("--output", type=Path, help="also write the table here (Markdown)")
     args = parser.parse_args()
     args.wires = [w.strip() for w in args.wires.split(",")]
