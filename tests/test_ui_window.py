@@ -123,6 +123,8 @@ def test_auto_mode_keeps_n_in_flight_moves_counters_and_charts_and_stops(
     window.controls.budget_spin.setValue(60_000)
     assert not panel.over_budget
     assert panel.badge.text().startswith("WITHIN BUDGET")
+    # Goodput, the share of the window's answers within the budget, follows at the next refresh.
+    qtbot.waitUntil(lambda: "100% within" in panel.badge.text(), timeout=2_000)
     window.controls.budget_spin.setValue(1)
     assert panel.over_budget
     assert panel.badge.text().startswith("OVER BUDGET") and "> 1 ms" in panel.badge.text()

@@ -295,6 +295,10 @@ class LivePanel(QWidget):
             verdict = None
         else:
             scope = "" if shown is window else f"  (all {shown.count:,} answers)"
+            # Goodput: the share of those answers within the budget.
+            goodput = snapshot.window_goodput if shown is window else snapshot.run_goodput
+            if not math.isnan(goodput):
+                scope = f"  ·  {goodput:.0%} within{scope}"
             verdict = self._judge((shown.count, verdict_s, snapshot.percentile, scope))
         self.throughput.set(f"{rate:,.0f}" if settled else "–")
         for figure, value in (
