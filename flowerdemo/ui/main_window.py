@@ -486,12 +486,13 @@ class MainWindow(QMainWindow):
             self.live_panel.set_server_info(None, _STATE_HINTS.get(self.task.state, ""))
             return
         spec = connection.spec
-        stack = self.task.local_stack
+        stack = self.task.control_stack
         info = ServerInfo(
             connection.url,
             connection.protocol,
             f"{spec.name} v{spec.version or 'latest'}",
-            stack.instance_count if stack is not None else None,
+            # The instances the stack is heading for (slots left stopped by a scale-down do not count).
+            stack.target_instances if stack is not None else None,
         )
         layout = f"{spec.input_dtype} {spec.layout} {spec.channels}×{spec.height}×{spec.width}"
         batching = f"max batch {spec.max_batch_size}" if spec.batches else "no batching"
