@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shlex
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,30 +37,12 @@ from flowerdemo.core.stats import RunStatistics
 from flowerdemo.headless import AUTOSCALE_WINDOW_S, drive_autoscale
 from flowerdemo.plots import AutoscaleSample, plot_autoscale
 from flowerdemo.resources import sample_images_dir
+from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE_INTERVAL_S = 0.5
 RECOVERY_TARGET_S = 10.0
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive free ports on 127.0.0.1 (other stacks may be running)."""
-    import random
-
-    for _ in range(500):
-        first = random.randrange(20000, 32000 - span)
-        ok = True
-        for port in range(first, first + span):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError("no free ports")
 
 
 def stack_settings(maximum: int) -> StackSettings:

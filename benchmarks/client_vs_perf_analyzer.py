@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from perf_analyzer_runner import (
     read_perf_analyzer_rows,
 )
 
+from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 SAMPLE_INTERVAL_S = 0.2
@@ -220,22 +220,6 @@ def child(url: str, model: str, concurrency: int, window_s: float, stability: fl
         )
     )
     return 0
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive ports on 127.0.0.1 that are free now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        try:
-            for port in range(first, first + span):
-                with socket.socket() as other:
-                    other.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {span} consecutive free ports on 127.0.0.1")
 
 
 def load_text() -> str:

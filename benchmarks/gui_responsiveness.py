@@ -30,7 +30,6 @@ import asyncio
 import os
 import platform
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import qasync
 from PySide6.QtCore import QSettings, Qt, QTimer
 
 from flowerdemo.options import RunOptions
+from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 from flowerdemo.ui.app import freeze_startup_objects, make_application, route_qt_messages
 from flowerdemo.ui.inference_task import TaskState
@@ -69,24 +69,6 @@ class Phase:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     concurrency: int = 0
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive ports on 127.0.0.1 that are free now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + span > 65535:
-            continue
-        try:
-            for port in range(first, first + span):
-                with socket.socket() as other:
-                    other.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {span} consecutive free ports")
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

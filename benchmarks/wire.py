@@ -29,8 +29,6 @@ import argparse
 import asyncio
 import os
 import platform
-import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,35 +43,10 @@ from flowerdemo.core.images import load_images
 from flowerdemo.core.model_spec import WireChoice
 from flowerdemo.resources import bundled_model_dir, sample_images_dir
 from flowerdemo.serving import envoy as envoy_config
+from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 WIRES: tuple[WireChoice, ...] = ("fp32", "uint8", "jpeg")
-
-
-_handed_out: set[int] = set()
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive ports on 127.0.0.1 that are free now and not yet handed
-    out by this script (our Envoys bind theirs only once started)."""
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(500):
-        first = rng.randrange(21000, 32000 - span)
-        ports = range(first, first + span)
-        if _handed_out.intersection(ports) or not all(_bindable(port) for port in ports):
-            continue
-        _handed_out.update(ports)
-        return first
-    raise RuntimeError(f"no {span} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class BenchEnvoy:

@@ -32,6 +32,7 @@ from flowerdemo.core.sweep import (
     parse_rate_range,
     run_sweep,
 )
+from flowerdemo.core.units import format_ms
 from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import EXIT_FAILED_REQUESTS, EXIT_NOT_RUN, report_skipped, stop_on_signals
 from flowerdemo.options import RunOptions
@@ -239,19 +240,19 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 
 def describe_search(search: BudgetSearch, settings: SweepSettings) -> str:
-    budget = f"{settings.budget_s * 1000:g} ms"
+    budget = format_ms(settings.budget_s)
     name = f"p{settings.percentile}"
     best = search.best
     if best is None:
         first = search.steps[0]
         return (
             f"Within budget: nothing. Even concurrency {first.concurrency} gives {name} "
-            f"{first.verdict_s * 1000:.1f} ms ({first.failed} failed), over the {budget} budget."
+            f"{format_ms(first.verdict_s)} ({first.failed} failed), over the {budget} budget."
         )
     tail = " (the highest tried: the limit may be higher)" if search.limit_reached else ""
     return (
         f"Within budget: concurrency {best.concurrency}{tail}, {best.images_per_s:.1f} images/s "
-        f"at {name} {best.verdict_s * 1000:.1f} ms (budget {budget}), "
+        f"at {name} {format_ms(best.verdict_s)} (budget {budget}), "
         f"{len(search.steps)} steps measured."
     )
 
@@ -379,16 +380,21 @@ def _print_step(step: SweepStep, percentile: int = DEFAULT_PERCENTILE) -> None:
     level = f"{step.request_rate:g}" if step.request_rate is not None else str(step.concurrency)
     good = "-" if math.isnan(step.goodput) else f"{step.goodput * 100:.0f}%"
     # The verdict percentile gets its own column unless it is one already shown.
-    verdict = "" if percentile in SHOWN_PERCENTILES else f"{step.verdict_s * 1000:>8.2f} "
+    verdict = "" if percentile in SHOWN_PERCENTILES else f"{_column_ms(step.verdict_s)} "
     notes = "" if step.stable else " (not stable)"
     if step.delayed:
         notes += f" ({step.delayed} sent late)"
     print(
-        f"{level:>7} {step.images_per_s:>10.1f} {latency.p50 * 1000:>8.2f} {latency.p90 * 1000:>8.2f} "
-        f"{latency.p99 * 1000:>8.2f} {verdict}{good:>6} {step.failed:>7}  "
+        f"{level:>7} {step.images_per_s:>10.1f} {_column_ms(latency.p50)} {_column_ms(latency.p90)} "
+        f"{_column_ms(latency.p99)} {verdict}{good:>6} {step.failed:>7}  "
         f"{step.windows}{notes}",
         flush=True,
     )
+
+
+def _column_ms(seconds: float) -> str:
+    """A latency in the step table's millisecond columns."""
+    return format_ms(seconds, unit=False, width=8)
 
 
 def step_snapshot(

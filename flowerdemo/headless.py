@@ -25,6 +25,7 @@ from flowerdemo.core.stats import (
     write_perf_analyzer_csv,
 )
 from flowerdemo.core.text import clean_server_text
+from flowerdemo.core.units import format_ms
 from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import (
     EXIT_FAILED_REQUESTS,
@@ -333,7 +334,7 @@ def describe_event(event: InferenceEvent, image: FlowerImage) -> str:
     mark = ""
     if image.truth is not None and event.topk[0]:
         mark = " [correct]" if event.topk[0][0].index == image.truth else " [wrong]"
-    return f"{image.name}: {labels} ({event.latency_s * 1000:.1f} ms){mark}"
+    return f"{image.name}: {labels} ({format_ms(event.latency_s)}){mark}"
 
 
 def status_line(snapshot: StatsSnapshot) -> str:
@@ -495,4 +496,5 @@ def _write_report(options: RunOptions, snapshot: StatsSnapshot, run: _Run) -> No
 
 
 def _ms(seconds: float) -> str:
-    return "   -    " if seconds != seconds else f"{seconds * 1000:6.1f} ms"
+    """A latency in a fixed-width summary column."""
+    return format_ms(seconds, width=9)

@@ -1,9 +1,15 @@
 """Fixtures shared by the whole suite.
 
+Subsets
+    A test is marked `stack` or `gui` by the fixtures it uses (STACK_FIXTURES, GUI_FIXTURES,
+    through any chain of fixtures), so `make unit` (`-m "not stack and not gui"`) never starts a
+    server or a QApplication. A test that starts a LocalStack without being a stack test fails
+    with the reason; one that starts servers in a child process marks itself.
+
 Ports
-    `free_port()` and `free_port_block(span)` give ports on 127.0.0.1 that are free when asked,
-    chosen at random at run time (below Linux's ephemeral range, so outgoing connections do not
-    take them), so parallel test runs on one machine do not collide.
+    `free_port()` and `free_port_block(span)` give ports on 127.0.0.1 that are free when asked
+    (flowerdemo.serving.ports: chosen at random below Linux's ephemeral range, never the same
+    block twice in one process), so parallel test runs on one machine do not collide.
 
 Models and the local stack
     `served_model_dir` is the folder (`*.onnx` + `labels.txt`) the stack tests serve: the bundled
@@ -17,9 +23,6 @@ Models and the local stack
 from __future__ import annotations
 
 import os
-import random
-import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,46 +31,62 @@ import numpy as np
 import pytest
 
 from flowerdemo.resources import bundled_model_dir, labels_file
+from flowerdemo.serving.ports import free_port_block as free_ports
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
-PORT_RANGE = (20000, 32000)
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
 NUM_CLASSES = 102
 
-_port_random = random.Random(os.getpid() ^ time.time_ns())
+# ---- subsets: chosen from the fixtures a test uses -------------------------------------------
+STACK_FIXTURES = frozenset(
+    {"local_stack", "stack_settings", "validation_server", "hostile_server", "stack_url"}
+)
+"""Fixtures that start Triton or Envoy (or hand out what starts them): a test using any of them,
+directly or through another fixture, is a `stack` test."""
+GUI_FIXTURES = frozenset({"qtbot", "qapp", "qt_event_loop", "open_window"})
+"""Fixtures that create Qt widgets or the QApplication: a `gui` test."""
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses (their whole closure), so `-m "not stack and not
+    gui"` (make unit) never starts a server or a QApplication, without anyone remembering a
+    marker. Tests that start servers another way (a `flowerdemo serve` child) mark themselves."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & STACK_FIXTURES:
+            item.add_marker(pytest.mark.stack)
+        if used & GUI_FIXTURES:
+            item.add_marker(pytest.mark.gui)
 
 
-def find_free_port_block(span: int) -> int:
-    """The first of `span` consecutive ports on 127.0.0.1, all free now."""
-    low, high = PORT_RANGE
-    for _ in range(500):
-        first = _port_random.randrange(low, high - span)
-        if all(_bindable(port) for port in range(first, first + span)):
-            return first
-    raise RuntimeError(f"no {span} consecutive free ports in {low}-{high}")
+@pytest.fixture(autouse=True)
+def _servers_only_in_stack_tests(request: pytest.FixtureRequest, monkeypatch: Any) -> None:
+    """A test outside the `stack` subset that starts a LocalStack fails at once with the reason,
+    instead of quietly making `make unit` slow."""
+    if request.node.get_closest_marker("stack") is not None:
+        return
+
+    def refuse(self: LocalStack) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a local stack but is not a stack test: use the "
+            "local_stack or stack_settings fixture, or mark it @pytest.mark.stack"
+        )
+
+    monkeypatch.setattr(LocalStack, "start", refuse)
 
 
+# ---- ports -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def free_port_block() -> Callable[[int], int]:
     """`free_port_block(span)`: the first of `span` consecutive free ports."""
-    return find_free_port_block
+    return free_ports
 
 
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """`free_port()`: one free port."""
-    return lambda: find_free_port_block(1)
+    return lambda: free_ports(1)
 
 
 def write_standin_model(folder: Path, *, classes: int = NUM_CLASSES, seed: int = 0) -> Path:
@@ -132,8 +151,8 @@ def stack_settings(served_model_dir: Path) -> Callable[..., StackSettings]:
     model (instance ports and Envoy's three listeners each picked at run time)."""
 
     def make(instances: int = 2, **overrides: Any) -> StackSettings:
-        base_port = find_free_port_block(10 * (instances - 1) + 3)
-        envoy_first = find_free_port_block(3)
+        base_port = free_ports(10 * (instances - 1) + 3)
+        envoy_first = free_ports(3)
         values: dict[str, Any] = {
             "instances": instances,
             "base_port": base_port,

@@ -18,8 +18,6 @@ from PIL import Image
 from flowerdemo.guard import EXIT_NOT_RUN, EXIT_OK
 from tests.test_cli_inputs import REPO, run_flowerdemo
 
-pytestmark = pytest.mark.stack
-
 
 def start_flowerdemo(*arguments: str, state: Path, **environment: str) -> subprocess.Popen[str]:
     state.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,6 @@ from flowerdemo.core.stats import RunStatistics
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
-pytestmark = pytest.mark.stack
-
 # Scores = the executed batch size in every class, after a pause long enough that the requests of
 # one round meet at the server.
 BATCH_REPORTING_MODEL = textwrap.dedent(
@@ -250,6 +248,7 @@ def test_bad_url_is_explained():
         asyncio.run(engine.connect())
 
 
+@pytest.mark.stack
 async def test_server_killed_mid_run_every_request_is_accounted_for(
     tmp_path, free_port_block, photos
 ):

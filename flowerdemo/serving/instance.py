@@ -11,12 +11,10 @@ state drives its replicas. The wrapper keeps no lock: its owner (serving.stack) 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from flowerdemo.serving.plan import InstancePlan
+from flowerdemo.serving.ports import port_in_use
 from flowerdemo.serving.triton import TritonInstall, triton_command, triton_environment
 
 State = Literal["starting", "ready", "draining", "ejected", "down", "stopped", "failed"]
@@ -85,19 +84,6 @@ def http_ready(url: str, timeout: float = 0.5) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something listens on host:port (a socket in TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

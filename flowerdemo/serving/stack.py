@@ -47,11 +47,11 @@ from flowerdemo.serving.instance import (
     State,
     TritonInstance,
     http_ready,
-    port_in_use,
     remove_shm_regions,
     summarize_triton_log,
 )
 from flowerdemo.serving.plan import PORT_STRIDE, InstancePlan, make_instance
+from flowerdemo.serving.ports import port_in_use
 from flowerdemo.serving.proxy import EnvoyProcess, ProxyError
 from flowerdemo.serving.repository import RepositoryError, RepositoryOptions, write_repository
 from flowerdemo.serving.triton import (

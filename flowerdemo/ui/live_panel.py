@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from flowerdemo.core.stats import StatsSnapshot
 from flowerdemo.core.text import clean_server_text
+from flowerdemo.core.units import format_ms
 from flowerdemo.ui.instance_chart import InstanceThroughputChart
 
 HISTORY_S = 60.0
@@ -306,10 +307,10 @@ class LivePanel(QWidget):
             (self.p90, shown.p90),
             (self.p99, shown.p99),
         ):
-            figure.set(_ms_text(value) if shown.count else "–")
+            figure.set(format_ms(value, unit=False) if shown.count else "–")
         judged = {50: self.p50, 90: self.p90, 99: self.p99}.get(snapshot.percentile)
         if verdict is False and judged is not None:
-            judged.set(_ms_text(verdict_s), OVER_COLOR)
+            judged.set(format_ms(verdict_s, unit=False), OVER_COLOR)
         self.sent.set(f"{snapshot.sent:,}")
         self.answered.set(f"{snapshot.answered:,}")
         self.failed.set(f"{snapshot.failed:,}", "#ff7043" if snapshot.failed else None)
@@ -351,8 +352,8 @@ class LivePanel(QWidget):
                 self.server_split.hide()
             return
         text = (
-            f"server time per request: queue <b>{split.queue_s * 1000:.1f} ms</b>, "
-            f"compute <b>{split.compute_s * 1000:.1f} ms</b>"
+            f"server time per request: queue <b>{format_ms(split.queue_s)}</b>, "
+            f"compute <b>{format_ms(split.compute_s)}</b>"
         )
         # The split changes with each server reading (once a second), not every refresh; setting
         # the same text again would still relayout the label.
@@ -455,8 +456,3 @@ def _steady_top(plot: pg.PlotWidget, current: float, needed: float) -> float:
         current = _nice_ceiling(needed)
         plot.setYRange(0, current, padding=0)
     return current
-
-
-def _ms_text(seconds: float) -> str:
-    value = seconds * 1000.0
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"

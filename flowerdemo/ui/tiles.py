@@ -34,6 +34,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QAbstractScrollArea, QToolTip, QWidget
 
 from flowerdemo.core.events import Classification, InferenceEvent
+from flowerdemo.core.units import format_ms
 from flowerdemo.ui.instance_colors import instance_color
 
 MIN_TILE = 96
@@ -298,7 +299,9 @@ class TileGrid(QAbstractScrollArea):
         for guess in state.topk:
             lines.append(f"{guess.score:6.1%}  {guess.label}")
         if state.latency_ms is not None:
-            lines.append(f"last latency {state.latency_ms:.1f} ms, answered {state.answers}x")
+            lines.append(
+                f"last latency {format_ms(state.latency_ms / 1000)}, answered {state.answers}x"
+            )
         if state.instance is not None:
             lines.append(f"answered by {state.instance}")
         if state.error:
@@ -375,7 +378,7 @@ class TileGrid(QAbstractScrollArea):
                 margin = max(3, size // 28)
                 painter.drawPixmap(
                     QPoint(rect.left() + margin, rect.top() + margin),
-                    self._latency_chip(_format_ms(state.latency_ms)),
+                    self._latency_chip(format_ms(state.latency_ms / 1000)),
                 )
         if state.in_flight:
             painter.drawPixmap(rect.topLeft(), self._in_flight_overlay())
@@ -589,11 +592,3 @@ def _band_height(tile: int) -> int:
     """The instance band's height: thinner than the label box's bottom margin, so it never
     covers a label."""
     return max(3, round(tile * 0.045))
-
-
-def _format_ms(milliseconds: float) -> str:
-    if milliseconds >= 1000:
-        return f"{milliseconds / 1000:.1f} s"
-    if milliseconds >= 100:
-        return f"{milliseconds:.0f} ms"
-    return f"{milliseconds:.1f} ms"
