@@ -38,6 +38,11 @@ from flowerdemo.core.units import format_ms
 from flowerdemo.ui.instance_colors import instance_color
 
 MIN_TILE = 96
+TEXT_SHARE = 0.16
+"""A tile's best label is this share of the tile's side tall (see tile_text_px)."""
+ALL_LABELS_FROM = 200
+"""Tiles this large or larger list the top-k with scores; smaller ones show the best label
+alone, on up to two lines, as large as the tile allows."""
 """Below this many pixels a tile's labels stop being readable: scroll instead of shrinking."""
 REPAINT_HZ = 30
 MAX_CACHED_CHIPS = 600
@@ -433,7 +438,7 @@ class TileGrid(QAbstractScrollArea):
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawRoundedRect(QRectF(rect).adjusted(inset, inset, -inset, -inset), radius, radius)
         font = QFont(self.font())
-        font.setPixelSize(max(9, min(22, round(size / 12))))
+        font.setPixelSize(max(10, round(tile_text_px(size) * 0.8)))
         font.setBold(True)
         margin = max(3, size // 28)
         metrics = QFontMetrics(font)
@@ -503,28 +508,39 @@ class TileGrid(QAbstractScrollArea):
 
     def _chip_font(self, size: int) -> QFont:
         font = QFont(self.font())
-        font.setPixelSize(max(9, round(max(9, min(26, round(size / 11))) * 0.95)))
+        font.setPixelSize(max(10, round(tile_text_px(size) * 0.8)))
         font.setBold(True)
         return font
 
     def _paint_answer(self, painter: QPainter, state: TileState, rect: QRect) -> None:
         size = rect.width()
-        font_px = max(9, min(26, round(size / 11)))
-        font = QFont(self.font())
-        font.setPixelSize(font_px)
-        bold = QFont(font)
-        bold.setBold(True)
-        bold.setPixelSize(round(font_px * 1.1))
-        line = QFontMetrics(font).height()
         margin = max(3, size // 28)
+        width = size - 2 * margin
+        font = QFont(self.font())
+        font.setPixelSize(max(10, round(tile_text_px(size) * 0.78)))
+        bold = QFont(self.font())
+        bold.setBold(True)
+        bold.setPixelSize(tile_text_px(size))
+        bold_metrics, metrics = QFontMetrics(bold), QFontMetrics(font)
 
+        # (text, score, font, colour) per row: the best label large and bold; the rest of the
+        # top-k, with scores, only on tiles large enough to keep them readable.
+        rows: list[tuple[str, str, QFont, QColor]] = []
+        white, grey = QColor("#ffffff"), QColor("#d8d8d8")
         if state.error and not state.topk:
-            lines: list[tuple[str, str]] = [(f"failed: {state.error}", "")]
+            for text in _wrap(bold_metrics, f"failed: {state.error}", width, 2):
+                rows.append((text, "", bold, white))
+        elif size >= ALL_LABELS_FROM:
+            best = state.topk[0]
+            rows.append((best.label, f"{best.score:.0%}", bold, white))
+            room = size * 0.55 - 2 * margin - bold_metrics.height()
+            for guess in state.topk[1 : 1 + max(0, int(room // metrics.height()))]:
+                rows.append((guess.label, f"{guess.score:.0%}", font, grey))
         else:
-            # Show as many of the top-k as fit in the lower half of the tile, the best one bold.
-            fit = max(1, int((size * 0.55 - 2 * margin) // line))
-            lines = [(g.label, f"{g.score:.0%}") for g in state.topk[:fit]]
-        box_height = len(lines) * line + 2 * margin + (line // 4)
+            for text in _wrap(bold_metrics, state.topk[0].label, width, 2):
+                rows.append((text, "", bold, white))
+        heights = [QFontMetrics(row_font).height() for _t, _s, row_font, _c in rows]
+        box_height = sum(heights) + 2 * margin + heights[0] // 4
         box = QRect(rect.left(), rect.bottom() - box_height + 1, size, box_height)
         gradient = QLinearGradient(box.topLeft(), box.bottomLeft())
         gradient.setColorAt(0.0, QColor(0, 0, 0, 150))
@@ -532,20 +548,20 @@ class TileGrid(QAbstractScrollArea):
         painter.fillRect(box, QBrush(gradient))
 
         y = box.top() + margin
-        for number, (label, score) in enumerate(lines):
-            painter.setFont(bold if number == 0 else font)
-            metrics = painter.fontMetrics()
-            painter.setPen(QColor("#ffffff") if number == 0 else QColor("#d8d8d8"))
-            score_width = metrics.horizontalAdvance(score) if score else 0
-            label_room = size - 2 * margin - score_width - (margin if score else 0)
-            text = metrics.elidedText(label, Qt.TextElideMode.ElideRight, max(0, label_room))
-            row = QRect(rect.left() + margin, y, size - 2 * margin, line)
+        for (label, score, row_font, color), height in zip(rows, heights, strict=True):
+            painter.setFont(row_font)
+            row_metrics = painter.fontMetrics()
+            painter.setPen(color)
+            score_width = row_metrics.horizontalAdvance(score) if score else 0
+            label_room = width - score_width - (margin if score else 0)
+            text = row_metrics.elidedText(label, Qt.TextElideMode.ElideRight, max(0, label_room))
+            row = QRect(rect.left() + margin, y, width, height)
             painter.drawText(row, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
             if score:
                 painter.drawText(
                     row, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, score
                 )
-            y += line
+            y += height
 
         correct = state.correct
         if correct is not None:
@@ -586,6 +602,31 @@ class TileGrid(QAbstractScrollArea):
         pixmap = QPixmap.fromImage(layer)
         self._chips[key] = pixmap
         return pixmap
+
+
+def tile_text_px(tile: int) -> int:
+    """The pixel size of a tile's best label: a fixed share of the tile, so the text grows with
+    the window and the screen. 102 photos in a 1080p window make tiles of about 100 px: 16 px
+    labels, readable from two metres (it was 9 px); a 4K screen doubles both."""
+    return max(11, min(48, round(tile * TEXT_SHARE)))
+
+
+def _wrap(metrics: QFontMetrics, text: str, width: int, max_lines: int) -> list[str]:
+    """`text` broken at spaces into at most `max_lines` lines of `width` pixels; the last one
+    elided if the rest does not fit."""
+    lines: list[str] = []
+    words = text.split()
+    while words and len(lines) < max_lines - 1:
+        line = words.pop(0)
+        while words and metrics.horizontalAdvance(f"{line} {words[0]}") <= width:
+            line = f"{line} {words.pop(0)}"
+        if metrics.horizontalAdvance(line) > width:
+            words.insert(0, line)  # a single word too long: it gets the elided last line
+            break
+        lines.append(line)
+    if words:
+        lines.append(metrics.elidedText(" ".join(words), Qt.TextElideMode.ElideRight, width))
+    return lines or [""]
 
 
 def _band_height(tile: int) -> int:
