@@ -497,5 +497,5 @@ def test_ceiling_sets_vary_one_thing_at_a_time():
         assert changed and (len(changed) == 1 or changed == {"batch", "concurrency"}), other
     assert all(p.envoy_workers != 8 for p in others)  # 8 is the stack's own Envoy
     assert {e.copy_threads for e in sets["threads"]} == {1}
-    for experiment in (*sets["instances"], *sets["mps"], *sets["threads"]):
+    for experiment in (*sets["instances"], *sets["mps"], *sets["threads"], *sets["fivex"]):
         _configs(experiment.config)  # every configuration name parses

@@ -690,8 +690,8 @@ def torch_limit(
 ) -> dict[str, Any]:
     """The model alone, no Triton: UINT8 input, FP16 channels_last, one CUDA graph per bucket.
     For each bucket, graph replays back to back for `window_s` ("graph": the device's limit for
-    one process) and, on the whole GPU, the runner with its host copies ("with copies": what
-    the stub's `run` can do in one thread). With `start_file`, wait until that file holds a
+    one process) and, alone, the runner with its host copies ("with copies": what the stub's
+    `run` does, its torch threads at the runner's default of 4). With `start_file`, wait until that file holds a
     start time (seconds since 1970), then time bucket i in [start + i*w, start + (i+1)*w):
     several processes (MPS clients) measured in the same windows add up."""
     import numpy as np
@@ -714,7 +714,9 @@ def torch_limit(
         start = float(start_file.read_text())
     pixels = np.random.default_rng(0).integers(0, 256, (1, *IMAGE_SHAPE), dtype=np.uint8)
     for index, bucket in enumerate(runner.buckets):
-        window_start = start + index * window_s
+        # Alone, each bucket's window starts when the last one is done (the host-copy timing
+        # below takes time too); with a start file, on the shared grid.
+        window_start = start + index * window_s if start_file is not None else time.time()
         window_end = window_start + window_s
         time.sleep(max(0.0, window_start - time.time()))
         graph = runner.graphs[bucket]

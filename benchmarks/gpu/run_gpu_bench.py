@@ -169,6 +169,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--limit-buckets", default="1,8,32,64,128,256", help="batch sizes for --torch-limit"
     )
     parser.add_argument(
+        "--limit-mps-clients",
+        default="1,7",
+        help="--torch-limit: MPS client counts to measure after the whole GPU ('' for none)",
+    )
+    parser.add_argument(
         "--ceiling-report",
         nargs="+",
         type=Path,
@@ -190,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mps_check:
         return mps_check(args.mps_percentage)
     if args.torch_limit:
-        return torch_limits(args.out, args.mps_percentage, args.limit_buckets, args.window)
+        clients = tuple(int(k) for k in args.limit_mps_clients.split(",") if k.strip())
+        return torch_limits(args.out, args.mps_percentage, args.limit_buckets, args.window, clients)
     if args.ceiling_report:
         return write_ceiling_report(args.ceiling_report, args.out)
     home: Path = args.home

@@ -181,6 +181,30 @@ def experiment_sets(envoy_workers: int) -> dict[str, tuple[Experiment, ...]]:
                 copy_threads=1,
             ),
         ),
+        # Finer steps where the 5x and 8,000 img/s targets are decided (one torch thread).
+        "fivex": (
+            Experiment(
+                "mps1-u8",
+                (
+                    *(Probe(f"sweep c={k}", "ours", k) for k in (24, 32, 40, 48)),
+                    *(Probe(f"batch-8 requests, c={k}", "ours", k, batch=8) for k in (3, 4, 5)),
+                ),
+                copy_threads=1,
+            ),
+            Experiment(
+                "mps7-u8",
+                (
+                    *(Probe(f"sweep c={k}", "ours", k) for k in (128, 160, 192, 224)),
+                    *(Probe(f"batch-8 requests, c={k}", "ours", k, batch=8) for k in (20, 24, 28)),
+                ),
+                copy_threads=1,
+            ),
+            Experiment(
+                "wholex4-u8",
+                tuple(Probe(f"batch-8 requests, c={k}", "ours", k, batch=8) for k in (20, 24, 28)),
+                copy_threads=1,
+            ),
+        ),
         # The whole path on the CPU here (bundled model, no GPU): checks the driver.
         "cpu": (
             Experiment(
@@ -605,7 +629,9 @@ def run_ceiling(
 # ----- the model alone -------------------------------------------------------------------------
 
 
-def torch_limits(out: Path, mps_percentage: int, buckets: str, window_s: float) -> int:
+def torch_limits(
+    out: Path, mps_percentage: int, buckets: str, window_s: float, mps_clients: tuple[int, ...]
+) -> int:
     """resnet50_model.py --limit on the whole GPU, then as 1 and as 7 MPS clients at
     `mps_percentage`% measured in the same windows; torch-limit.json in `out`."""
     script = str(HERE / "resnet50_model.py")
@@ -624,8 +650,9 @@ def torch_limits(out: Path, mps_percentage: int, buckets: str, window_s: float) 
     results["whole"] = parse(done.stdout) or done.stderr[-2000:]
     mps = Mps(Path(tempfile.gettempdir()) / "flowerdemo-mps-limit")
     try:
-        mps.start()
-        for clients in (1, 7):
+        if mps_clients:
+            mps.start()
+        for clients in mps_clients:
             folder = Path(tempfile.mkdtemp(prefix="flowerdemo-limit-"))
             start_file = folder / "start"
             env = {

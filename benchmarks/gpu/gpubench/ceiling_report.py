@@ -78,7 +78,7 @@ def torch_table(limit: dict[str, Any]) -> list[str]:
     one = limit.get("mps1", {}).get("graph_img_per_s_total", {})
     seven = limit.get("mps7", {}).get("graph_img_per_s_total", {})
     lines = [
-        "| batch | whole GPU: ms per batch (graph) | whole GPU img/s (graph) | whole GPU img/s with host copies (one thread) | 1 MPS client 14% img/s | 7 MPS clients 14% img/s, in all | 7 / 1 |",
+        "| batch | whole GPU: ms per batch (graph) | whole GPU img/s (graph) | whole GPU img/s with host copies (runner.run, 4 torch threads) | 1 MPS client 14% img/s | 7 MPS clients 14% img/s, in all | 7 / 1 |",
         "|---|---|---|---|---|---|---|",
     ]
     for bucket, entry in whole.get("buckets", {}).items():
