@@ -157,30 +157,50 @@ def _scan_entry(
     if stat.S_ISDIR(mode):
         if path.suffix.lower() in IMAGE_SUFFIXES:
             problems.append(ImageProblem(path, "a folder, not an image file", "folder"))
-        if not (recursive or top):
-            return
-        try:
-            children = sorted(os.scandir(path), key=lambda entry: entry.name)
-        except OSError as error:
-            problems.append(
-                ImageProblem(path, f"cannot list folder: {error.strerror}", "unreadable")
-            )
-            return
-        for child in children:
-            if child.name.startswith("."):
-                continue
-            _scan_entry(Path(child.path), paths, problems, recursive=recursive)
+        if recursive or top:
+            _scan_folder(path, paths, problems, recursive=recursive)
         return
     if not stat.S_ISREG(mode):
         problems.append(
             ImageProblem(path, f"not a regular file ({_file_kind(mode)})", "not a regular file")
         )
         return
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    _add_file(path, paths, problems)
+
+
+def _scan_folder(
+    folder: Path, paths: list[Path], problems: list[ImageProblem], *, recursive: bool
+) -> None:
+    try:
+        children = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as error:
+        problems.append(ImageProblem(folder, f"cannot list folder: {error.strerror}", "unreadable"))
+        return
+    for child in children:
+        if child.name.startswith("."):
+            continue
+        path = Path(child.path)
+        try:
+            # The folder listing already says what most entries are: no system call for them.
+            plain_file = child.is_file(follow_symlinks=False)
+            plain_folder = not plain_file and child.is_dir(follow_symlinks=False)
+        except OSError:
+            plain_file = plain_folder = False
+        if plain_file:
+            _add_file(path, paths, problems)
+        elif plain_folder and path.suffix.lower() not in IMAGE_SUFFIXES:
+            if recursive:
+                _scan_folder(path, paths, problems, recursive=recursive)
+        else:  # links, special files, folders named like images: look closer
+            _scan_entry(path, paths, problems, recursive=recursive)
+
+
+def _add_file(path: Path, paths: list[Path], problems: list[ImageProblem]) -> None:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        paths.append(path)
+    else:
         reason = f"not an image file ({path.suffix or 'no extension'})"
         problems.append(ImageProblem(path, reason, "not an image file"))
-        return
-    paths.append(path)
 
 
 def _file_kind(mode: int) -> str:
