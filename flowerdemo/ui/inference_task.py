@@ -158,7 +158,7 @@ class InferenceTask(QObject):
         self._watched_stack: LocalStack | None = None
         self._last_health: StackHealth | None = None
         self._health_wake: asyncio.Event | None = None
-        self._listened: set[int] = set()
+        self._listened: list[LocalStack] = []
         self._admin_address: str | None = None
         self._admin_watch: asyncio.Task[None] | None = None
         self._stack_calls: set[asyncio.Future[object]] = set()
@@ -272,8 +272,8 @@ class InferenceTask(QObject):
         """Report the instances of `stack` as they go down and come back (sig_stack_health),
         and relay its events (sig_stack_event)."""
         self._watched_stack = stack
-        if id(stack) not in self._listened:
-            self._listened.add(id(stack))
+        if all(stack is not other for other in self._listened):
+            self._listened.append(stack)
             stack.add_listener(self._on_stack_event_in_thread)
         if self._health_wake is None:
             self._health_wake = asyncio.Event()
@@ -726,6 +726,10 @@ class InferenceTask(QObject):
         ]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        for listened in self._listened:
+            # The stack's lock guards its listeners: not on the GUI thread.
+            await asyncio.to_thread(listened.remove_listener, self._on_stack_event_in_thread)
+        self._listened.clear()
         if self._stack_start is not None and not self._stack_start.done():
             with contextlib.suppress(Exception):
                 await self._stack_start
