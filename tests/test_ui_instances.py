@@ -75,7 +75,7 @@ def test_the_model_reports_only_what_changed_and_keeps_the_selection(qtbot):
     assert panel.selected_name() == "triton-1"
     state = model.index(0, STATE_COLUMN)
     assert model.data(state) == "down"
-    assert model.data(state, Qt.ItemDataRole.ForegroundRole).name() == "#b71c1c"
+    assert model.data(state, Qt.ItemDataRole.ForegroundRole).name() == "#ef5350"
 
     # Statistics join by name; an instance only the answers know (unknown) gets its own row.
     statistics = [

@@ -55,17 +55,18 @@ STATISTICS_REFRESH_S = 0.5
 """The table's figures change at most this often: readable, and cheap for the GUI thread."""
 
 STATE_COLORS = {
-    "ready": "#2e7d32",
-    "healthy": "#2e7d32",
-    "starting": "#8a5a00",
-    "draining": "#8a5a00",
-    "ejected": "#b71c1c",
-    "down": "#b71c1c",
-    "failed": "#b71c1c",
-    "unhealthy": "#b71c1c",
-    "stopped": "#616161",
+    "ready": "#66bb6a",
+    "healthy": "#66bb6a",
+    "starting": "#ffa726",
+    "draining": "#ffa726",
+    "ejected": "#ef5350",
+    "down": "#ef5350",
+    "failed": "#ef5350",
+    "unhealthy": "#ef5350",
+    "stopped": "#9e9e9e",
 }
-"""Text colour of a state: serving green, changing amber, not serving red, stopped grey."""
+"""Text colour of a state (light enough for the booth's dark theme): serving green, changing
+amber, not serving red, stopped grey."""
 
 
 @dataclass(frozen=True)
