@@ -95,6 +95,8 @@ def test_the_no_request_lost_settings_are_present():
     assert retry["num_retries"] >= 2
     assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     assert grpc_cluster["lb_policy"] == "ROUND_ROBIN"
+    # Host-set changes apply at once: Envoy's default 1 s merge window kept a new instance idle.
+    assert grpc_cluster["common_lb_config"]["update_merge_window"] == "0s"
     thresholds = grpc_cluster["circuit_breakers"]["thresholds"][0]
     assert min(thresholds[key] for key in ("max_requests", "max_retries")) >= 10_000
     outlier = grpc_cluster["outlier_detection"]

@@ -418,7 +418,12 @@ def _cluster(
         "lb_policy": LB_POLICIES[settings.lb_policy],
         # With few instances, Envoy's default panic mode (below 50% healthy, ignore health and
         # send to every host) would route to dead instances; a healthy one is always better.
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # Envoy merges host-set changes for 1 s by default (update_merge_window): an instance
+        # that passed its health check got no request for a second (measured). Apply at once.
+        "common_lb_config": {
+            "healthy_panic_threshold": {"value": 0},
+            "update_merge_window": "0s",
+        },
         "circuit_breakers": {
             "thresholds": [
                 {
