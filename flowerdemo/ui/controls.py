@@ -61,6 +61,8 @@ class ControlPanel(QWidget):
     """Start (True) or stop (False) automatic mode."""
     sig_concurrency_changed = Signal(int)
     """Requests to keep outstanding in automatic mode."""
+    sig_open_photos = Signal()
+    """The operator asked to open a folder of photos."""
     sig_budget_changed = Signal(float)
     """The latency budget, in milliseconds."""
     sig_autoscale_toggled = Signal(bool)
@@ -87,6 +89,12 @@ class ControlPanel(QWidget):
         )
         self.connect_button.clicked.connect(self.sig_connect_requested)
         self._security = ConnectionSecurity()
+        self.photos_button = QPushButton("Photos…", self)
+        self.photos_button.setToolTip(
+            "Open a folder of your own photos (Ctrl+O); photos and folders can also be "
+            "dropped onto the grid"
+        )
+        self.photos_button.clicked.connect(self.sig_open_photos)
         self.security_button = QPushButton("Security…", self)
         self.security_button.setToolTip("TLS certificates and request headers for the connection")
         self.security_button.clicked.connect(self._edit_security)
@@ -167,6 +175,7 @@ class ControlPanel(QWidget):
                 row.addWidget(self.autoscale_box)
             row.addSpacing(10)
             if row is server_row:
+                row.addWidget(self.photos_button)
                 row.addWidget(self.security_button)
             row.addWidget(button)
         self.run_button.setMinimumWidth(140)

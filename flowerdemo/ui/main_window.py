@@ -24,6 +24,7 @@ from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QFont, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDockWidget,
+    QFileDialog,
     QLabel,
     QMainWindow,
     QSplitter,
@@ -43,8 +44,9 @@ from flowerdemo.ui.inference_task import Connection, InferenceTask, StackHealth,
 from flowerdemo.ui.instances_panel import InstancesPanel
 from flowerdemo.ui.live_panel import REFRESH_HZ, LivePanel, ServerInfo
 from flowerdemo.ui.messages import Banner, LogBridge, LogPanel, QtLogHandler, Severity
+from flowerdemo.ui.photos import DropTarget, PhotoStream, tile_photo
 from flowerdemo.ui.security_dialog import ConnectionSecurity
-from flowerdemo.ui.tiles import TileGrid, TilePhoto, thumbnail_of
+from flowerdemo.ui.tiles import TileGrid, TilePhoto
 
 if TYPE_CHECKING:
     from flowerdemo.serving.stack import LocalStack, StackEvent, StackSettings
@@ -80,15 +82,7 @@ class LoadedPhotos:
 def load_photos(folder: Path, labels: Sequence[str]) -> LoadedPhotos:
     """Decode the photos and their thumbnails (runs in a worker thread)."""
     image_set: ImageSet = load_images(folder, labels=labels)
-    tiles = tuple(
-        TilePhoto(
-            thumbnail_of(image.thumbnail),
-            image.name,
-            image.truth,
-            labels[image.truth] if image.truth is not None and image.truth < len(labels) else None,
-        )
-        for image in image_set.images
-    )
+    tiles = tuple(tile_photo(image, labels) for image in image_set.images)
     return LoadedPhotos(image_set.images, tiles, tuple(str(p) for p in image_set.problems))
 
 
@@ -122,6 +116,7 @@ class MainWindow(QMainWindow):
         self._startup: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self._shut_down = False
+        self._loading_photos = False
         self.autoscale_overrides: dict[str, Any] = {}
         """AutoscalePolicy fields that replace the window's choice (timings, limits)."""
 
@@ -211,6 +206,8 @@ class MainWindow(QMainWindow):
         QShortcut(QKeySequence.StandardKey.Quit, self, self.close)
         QShortcut(QKeySequence("Ctrl+L"), self, self.log_dock.toggleViewAction().trigger)
         QShortcut(QKeySequence("Ctrl+I"), self, self.instances_dock.toggleViewAction().trigger)
+        QShortcut(QKeySequence.StandardKey.Open, self, self.choose_photo_folder)
+        self.photo_drop = DropTarget(self.grid.viewport(), self)
 
     def _connect_signals(self) -> None:
         task = self.task
@@ -239,6 +236,8 @@ class MainWindow(QMainWindow):
         controls.sig_run_toggled.connect(self._on_run_toggled)
         controls.sig_concurrency_changed.connect(self.task.set_concurrency)
         controls.sig_budget_changed.connect(self.live_panel.set_budget)
+        controls.sig_open_photos.connect(self.choose_photo_folder)
+        self.photo_drop.sig_dropped.connect(self._on_photos_dropped)
         controls.sig_budget_changed.connect(self._on_budget_changed)
         controls.sig_autoscale_toggled.connect(self._on_autoscale_toggled)
         task.sig_scale_decision.connect(self._on_scale_decision)
@@ -412,6 +411,90 @@ class MainWindow(QMainWindow):
             stack.grpc_url if self.controls.protocol_box.currentText() == "grpc" else stack.http_url
         )
 
+    # -- the user's own photos -----------------------------------------------------------
+    def choose_photo_folder(self) -> None:
+        """Ask for a folder of photos (the Photos… button, Ctrl+O) and show it."""
+        start = str(self._options.images or Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of photos", start)
+        if folder:
+            self.photo_drop.sig_dropped.emit([Path(folder)])  # the same path as a drop
+
+    @async_slot(object)
+    async def _on_photos_dropped(self, sources: list[Path]) -> None:
+        await self.load_photo_sources(sources)
+
+    async def load_photo_sources(self, sources: Sequence[Path]) -> bool:
+        """Show the photos in `sources` (files and folders) instead of the current ones, tile by
+        tile as they decode, then classify them: the connection is remade with the new set and
+        automatic mode resumes if it was on. False, with the current photos kept, when there is
+        nothing usable or photos are already loading."""
+        if self._loading_photos:
+            self._on_problem("warning", "Photos are already loading: try again when they are in.")
+            return False
+        named = ", ".join(str(source) for source in sources[:3]) + (
+            f" and {len(sources) - 3} more" if len(sources) > 3 else ""
+        )
+        self._loading_photos = True
+        try:
+            return await self._replace_photos(PhotoStream(sources, self._class_names), named)
+        finally:
+            self._loading_photos = False
+
+    async def _replace_photos(self, stream: PhotoStream, named: str) -> bool:
+        total, problems = await asyncio.to_thread(stream.scan)
+        if total == 0:
+            reasons = "; ".join(str(p) for p in problems[:3]) or "no image files there"
+            self._on_problem("error", f"No photos in {named} ({reasons}). Nothing changed.")
+            return False
+        auto = self.task.running_auto or self.controls.run_button.isChecked()
+        self.task.cancel()
+        previous = (self._images, self.grid.photos())
+        self.log_panel.add(Severity.INFO, f"Loading {total} photo(s) from {named}…")
+        self.grid.set_photos([])
+        images: list[FlowerImage] = []
+        while not self._shut_down:
+            batch = await asyncio.to_thread(stream.next_batch)
+            if batch is None:
+                break
+            images.extend(batch.images)
+            problems.extend(batch.problems)
+            self.grid.add_photos(batch.tiles)
+        await asyncio.to_thread(stream.close)
+        if self._shut_down:
+            return False
+        self._report_skipped(problems, named)
+        if not images:
+            self._images = previous[0]
+            self.grid.set_photos(previous[1])
+            self._on_problem(
+                "error", f"None of the photos in {named} could be read. Nothing changed."
+            )
+            return False
+        self._images = tuple(images)
+        self.task.set_images([image.image for image in images])
+        self.log_panel.add(Severity.INFO, f"{len(images)} photos from {named}")
+        if self.task.state in (TaskState.CONNECTED, TaskState.UNREACHABLE, TaskState.WAITING):
+            # A new engine for the new set; the figures start afresh with it.
+            self.task.reset_statistics()
+            self.live_panel.clear_history()
+            await self._connect(self.controls.connection_choice())
+        if auto:
+            self.task.start_auto(self.controls.concurrency_spin.value())
+        return True
+
+    def _report_skipped(self, problems: Sequence[object], where: str) -> None:
+        if not problems:
+            return
+        listed = problems[:MAX_PROBLEMS_LISTED]
+        for problem in listed:
+            self.log_panel.add(Severity.WARNING, f"skipped {problem}")
+        more = len(problems) - len(listed)
+        self._on_problem(
+            "warning",
+            f"{len(problems)} file(s) in {where} could not be used "
+            f"(see the log{f'; {more} more not listed' if more > 0 else ''}).",
+        )
+
     # -- connecting ---------------------------------------------------------------------
     def _engine_settings(self, choice: ConnectionChoice, url: str) -> EngineSettings:
         protocol: TransportName = "http" if choice.protocol == "http" else "grpc"
@@ -506,6 +589,10 @@ class MainWindow(QMainWindow):
     # -- requests -----------------------------------------------------------------------
     @async_slot(int)
     async def _on_tile_clicked(self, index: int) -> None:
+        if self._loading_photos:
+            # The tiles shown are the new photos; the connection still has the old ones.
+            self._on_problem("info", "The photos are still loading: click again in a moment.")
+            return
         await self.task.classify([index])
 
     def _on_mode_changed(self, mode: str) -> None:

@@ -192,6 +192,15 @@ class TileGrid(QAbstractScrollArea):
         self._relayout()
         self.viewport().update()
 
+    def add_photos(self, photos: Sequence[TilePhoto]) -> None:
+        """More photos after the ones shown (photos arriving as they load)."""
+        self._tiles.extend(TileState(photo) for photo in photos)
+        self._relayout()
+        self.viewport().update()
+
+    def photos(self) -> list[TilePhoto]:
+        return [state.photo for state in self._tiles]
+
     def count(self) -> int:
         return len(self._tiles)
 
