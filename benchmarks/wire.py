@@ -20,6 +20,11 @@ per second over the bytes per request on the wire.
     PYTHONPATH=. python benchmarks/wire.py [--instances 2] [--concurrency 8] [--seconds 8]
         [--link-mbit 1000,100] [--wires fp32,uint8,jpeg] [--batch-size 1] [--model fast]
 
+CPU per image is measured from /proc over each cell (utime + stime): the Triton process trees
+(server and Python-backend stubs: scaling and JPEG decoding included), Envoy, and this client.
+Unlike the rates, these figures hardly move with the machine's load, so they compare the wire
+formats' costs fairly on a busy machine.
+
 Say the machine's load (`uptime`) with the figures: the client shares the cores with Triton.
 """
 
@@ -47,6 +52,37 @@ from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 WIRES: tuple[WireChoice, ...] = ("fp32", "uint8", "jpeg")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(roots: list[int]) -> float:
+    """utime + stime of these processes and all their live descendants, in seconds."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    wanted = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in wanted and pid not in wanted:
+                wanted.add(pid)
+                grew = True
+    return sum(times.get(pid, 0.0) for pid in wanted)
+
+
+def client_cpu_s() -> float:
+    own = os.times()
+    return own.user + own.system
 
 
 class BenchEnvoy:
@@ -118,6 +154,10 @@ class Measured:
     p50_ms: float
     p90_ms: float
     failed: int
+    server_cpu_ms: float
+    """Per image: the Triton processes and their stubs."""
+    envoy_cpu_ms: float
+    client_cpu_ms: float
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -128,7 +168,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def measure(
-    envoy: BenchEnvoy, link: str, wire: WireChoice, photos, args: argparse.Namespace
+    envoy: BenchEnvoy,
+    link: str,
+    wire: WireChoice,
+    photos,
+    args: argparse.Namespace,
+    triton_pids: list[int],
 ) -> Measured:
     engine = InferenceEngine(
         EngineSettings(url=envoy.url, wire=wire, batch_size=args.batch_size, topk=1), photos
@@ -145,10 +190,12 @@ async def measure(
     try:
         await engine.run_automatic(args.concurrency, duration_s=args.warmup)
         before = envoy.counters()
+        cpu_before = (tree_cpu_s(triton_pids), tree_cpu_s([envoy.process.pid]), client_cpu_s())
         engine.add_sink(events.append)
         started = time.monotonic()
         await engine.run_automatic(args.concurrency, duration_s=args.seconds)
         elapsed = time.monotonic() - started
+        cpu_after = (tree_cpu_s(triton_pids), tree_cpu_s([envoy.process.pid]), client_cpu_s())
         after = envoy.counters()
         payload = engine.mean_request_bytes()
     finally:
@@ -157,16 +204,24 @@ async def measure(
     requests = after["downstream_rq_total"] - before["downstream_rq_total"]
     rx_bytes = after["downstream_cx_rx_bytes_total"] - before["downstream_cx_rx_bytes_total"]
     latencies = [(e.done_at - e.sent_at) * 1000 for e in answered]
+    images = sum(len(e.image_indices) for e in answered)
+    per_image_ms = [
+        (after_s - before_s) * 1000 / images if images else float("nan")
+        for before_s, after_s in zip(cpu_before, cpu_after, strict=True)
+    ]
     return Measured(
         wire=wire,
         link=link,
         model=spec.name,
         payload_bytes=payload,
         wire_bytes=rx_bytes / requests if requests else float("nan"),
-        images_per_s=sum(len(e.image_indices) for e in answered) / elapsed,
+        images_per_s=images / elapsed,
         p50_ms=_percentile(latencies, 50),
         p90_ms=_percentile(latencies, 90),
         failed=len(events) - len(answered),
+        server_cpu_ms=per_image_ms[0],
+        envoy_cpu_ms=per_image_ms[1],
+        client_cpu_ms=per_image_ms[2],
     )
 
 
@@ -179,6 +234,7 @@ def table(results: list[Measured], links: list[float], args: argparse.Namespace)
         "on the wire B/request",
         "compute-bound img/s (loopback, Envoy)",
         "p50 / p90 ms",
+        "CPU ms/img: Triton / Envoy / client",
     ]
     for mbit in links:
         name = _link_name(mbit)
@@ -195,6 +251,7 @@ def table(results: list[Measured], links: list[float], args: argparse.Namespace)
             f"{base.wire_bytes:,.0f}",
             f"{base.images_per_s:,.1f}",
             f"{base.p50_ms:.1f} / {base.p90_ms:.1f}",
+            f"{base.server_cpu_ms:.2f} / {base.envoy_cpu_ms:.2f} / {base.client_cpu_ms:.2f}",
         ]
         for mbit in links:
             limited = by.get((wire, _link_name(mbit)))
@@ -251,10 +308,11 @@ async def run(args: argparse.Namespace) -> int:
                 envoys.append((_link_name(mbit), BenchEnvoy(stack, workdir, f"{mbit:g}", kib)))
             for _, envoy in envoys:
                 envoy.wait_ready()
+            triton_pids = [state.pid for state in stack.states() if state.pid is not None]
             results = []
             for wire in args.wires:
                 for link, envoy in envoys:
-                    result = await measure(envoy, link, wire, photos, args)
+                    result = await measure(envoy, link, wire, photos, args, triton_pids)
                     print(
                         f"{wire:5} {link:>12}: {result.images_per_s:8.1f} img/s, "
                         f"{result.wire_bytes:10,.0f} B/request on the wire, "
