@@ -367,16 +367,7 @@ class MainWindow(QMainWindow):
         self._images = loaded.images
         self.grid.set_photos(loaded.tiles)
         self.task.set_images([image.image for image in loaded.images])
-        if loaded.problems:
-            listed = loaded.problems[:MAX_PROBLEMS_LISTED]
-            for problem in listed:
-                self.log_panel.add(Severity.WARNING, f"skipped {problem}")
-            more = len(loaded.problems) - len(listed)
-            self._on_problem(
-                "warning",
-                f"{len(loaded.problems)} file(s) in {options.images_dir} could not be used "
-                f"(see the log{f'; {more} more not listed' if more > 0 else ''}).",
-            )
+        self._report_skipped(loaded.problems, str(options.images_dir))
         where = f"from {options.images}" if options.images else "(the bundled samples)"
         self.log_panel.add(Severity.INFO, f"{len(loaded.images)} photos {where}")
         self._overlay_text(None)
