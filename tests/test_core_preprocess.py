@@ -203,3 +203,13 @@ def test_bytes_per_request_of_each_wire_at_the_bundled_size():
     assert fp32.mean_request_bytes(2) == 2 * 3 * 224 * 224 * 4
     assert uint8.mean_request_bytes(1) == 3 * 224 * 224
     assert 0 < jpeg.mean_request_bytes(1) < uint8.mean_request_bytes(1)
+
+
+def test_an_explicit_scaling_against_the_stated_one_is_noted_once(caplog):
+    vgg_model = dataclasses.replace(SPEC, stated_scaling="vgg")
+    with caplog.at_level("WARNING", logger="flowerdemo.core.preprocess"):
+        cache = TensorCache([PHOTO] * 5, vgg_model, PreprocessOptions(scaling="inception"))
+        cache.prepare_all()
+    assert cache.scaling == "inception"
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["model 'm' states scaling 'vgg'; using --scaling inception as asked"]

@@ -144,9 +144,14 @@ def preprocess(
 
     Raises PreprocessError when the options contradict the model (see resolve_scaling).
     """
-    scaling = resolve_scaling(spec, options.scaling)
+    return _to_tensor(image, spec, resolve_scaling(spec, options.scaling), options.resize)
+
+
+def _to_tensor(
+    image: Image.Image, spec: ModelSpec, scaling: Scaling, resize: ResizeMode
+) -> npt.NDArray[np.generic]:
     converted = image.convert("L" if spec.channels == 1 else "RGB")
-    fitted = fit(converted, spec.width, spec.height, options.resize)
+    fitted = fit(converted, spec.width, spec.height, resize)
     if spec.layout == "ENCODED":
         return encode_jpeg(fitted)
     pixels = np.asarray(fitted, dtype=np.uint8)
@@ -187,7 +192,7 @@ class TensorCache:
         self._images = images
         self._spec = spec
         self._scaling = resolve_scaling(spec, options.scaling)
-        self._options = PreprocessOptions(scaling=self._scaling, resize=options.resize)
+        self._resize = options.resize
         self._tensors: dict[int, npt.NDArray[np.generic]] = {}
 
     def __len__(self) -> int:
@@ -216,7 +221,7 @@ class TensorCache:
     def tensor(self, index: int) -> npt.NDArray[np.generic]:
         cached = self._tensors.get(index)
         if cached is None:
-            cached = preprocess(self._images[index], self._spec, self._options)
+            cached = _to_tensor(self._images[index], self._spec, self._scaling, self._resize)
             self._tensors[index] = cached
         return cached
 
