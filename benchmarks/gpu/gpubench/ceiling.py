@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -546,6 +547,9 @@ class CeilingRun:
                             stable=step.stable,
                         )
                     else:
+                        # perf_analyzer lives only between the two /proc readings: its CPU
+                        # time comes from the kernel's account of finished children.
+                        children = resource.getrusage(resource.RUSAGE_CHILDREN)
                         command, row, error = perf_analyzer_point(
                             self.plan,
                             url,
@@ -569,6 +573,18 @@ class CeilingRun:
                         if error:
                             record["error"] = error
                     record["cpu"] = before.usage_until(ProcessSample.take(clients, roots))
+                    if pool is None:
+                        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        used = (done.ru_utime - children.ru_utime) + (
+                            done.ru_stime - children.ru_stime
+                        )
+                        seconds = record["cpu"]["seconds"]
+                        record["cpu"]["components"]["perf_analyzer"] = {
+                            "cores": round(used / seconds, 3),
+                            "busiest_process": round(used / seconds, 3),
+                            "busiest_thread": 0.0,  # not known for a finished process
+                            "n": 1,
+                        }
                     record["stub"] = stub_before.until(StubTiming.read(timing))
                     record["gpu"] = self.sampler.summary(since)
                 except Exception as error:  # one measurement's failure must not lose the rest

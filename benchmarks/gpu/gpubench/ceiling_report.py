@@ -121,7 +121,7 @@ def plot(records: list[dict[str, Any]], out: Path, gpu: str) -> None:
         fontsize=10,
     )
     figure.tight_layout()
-    figure.savefig(out / "ceiling-throughput.png", dpi=90, bbox_inches="tight")
+    figure.savefig(out / "ceiling-throughput.png", dpi=60, bbox_inches="tight")
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(13, height))
@@ -149,7 +149,7 @@ def plot(records: list[dict[str, Any]], out: Path, gpu: str) -> None:
         fontsize=10,
     )
     figure.tight_layout()
-    figure.savefig(out / "ceiling-cpu.png", dpi=90, bbox_inches="tight")
+    figure.savefig(out / "ceiling-cpu.png", dpi=60, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -170,7 +170,8 @@ def write_ceiling_report(files: list[Path], out: Path) -> int:
             stacks += data.get("stacks", [])
             gpu = data.get("gpu", gpu)
         else:
-            limit = data
+            # Several torch-limit.json files: later ones add to (or replace) earlier parts.
+            limit.update({key: value for key, value in data.items() if value})
     out.mkdir(parents=True, exist_ok=True)
     rows = [row(r) for r in records]
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] if rows else []
