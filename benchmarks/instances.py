@@ -110,18 +110,18 @@ async def measure(stack: LocalStack, concurrency: int, phase_s: float) -> tuple[
         for count in (2, 3):
             phase(f"{count - 1} -> {count} (starting)")
             change = Change(f"add ({count - 1} -> {count})", time.monotonic(), "", True)
-            change.watch = stack.add_instance()
+            change.watch = await asyncio.to_thread(stack.add_instance)
             change.ready_at = await _settled(stack)
             run.changes.append(change)
             phase(f"{count} instances")
-            before = _admin_counts(stack)
+            before = await asyncio.to_thread(_admin_counts, stack)
             await asyncio.sleep(phase_s)
-        after = _admin_counts(stack)
+        after = await asyncio.to_thread(_admin_counts, stack)
         run.admin_shares = {name: after[name] - before.get(name, 0) for name in after}
 
         phase("3 -> 1 (draining)")
         at = time.monotonic()
-        stack.scale_to(1)
+        await asyncio.to_thread(stack.scale_to, 1)
         stopped_at = await _settled(stack)
         for name in ("triton-1", "triton-2"):
             run.changes.append(Change(f"remove {name} (3 -> 1)", at, name, False, stopped_at))
@@ -130,7 +130,7 @@ async def measure(stack: LocalStack, concurrency: int, phase_s: float) -> tuple[
 
         phase("1 -> 2 (starting)")
         change = Change("add (1 -> 2)", time.monotonic(), "", True)
-        change.watch = stack.add_instance()
+        change.watch = await asyncio.to_thread(stack.add_instance)
         change.ready_at = await _settled(stack)
         run.changes.append(change)
         phase("2 instances again")
@@ -139,13 +139,13 @@ async def measure(stack: LocalStack, concurrency: int, phase_s: float) -> tuple[
         victim = change.watch
         phase(f"{victim} killed")
         killed = Change(f"kill {victim} (SIGKILL)", time.monotonic(), victim, False)
-        stack.kill_instance(victim)
+        await asyncio.to_thread(stack.kill_instance, victim)
         run.changes.append(killed)
         await asyncio.sleep(phase_s)
 
         phase(f"{victim} restarting")
         restart = Change(f"restart {victim}", time.monotonic(), victim, True)
-        stack.restart_instance(victim)
+        await asyncio.to_thread(stack.restart_instance, victim)
         restart.ready_at = await _settled(stack)
         run.changes.append(restart)
         phase("2 instances after restart")
