@@ -23,7 +23,6 @@ import asyncio
 import collections
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -32,17 +31,8 @@ from flowerdemo.core.events import InferenceEvent
 from flowerdemo.core.images import load_images
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.admin import read_upstream_hosts
-from flowerdemo.serving.instance import port_in_use
+from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive free ports on 127.0.0.1 (other stacks may be running)."""
-    for _ in range(500):
-        first = random.randrange(20000, 32000 - span)
-        if not any(port_in_use("127.0.0.1", port) for port in range(first, first + span)):
-            return first
-    raise RuntimeError("no free block of ports found")
 
 
 @dataclass
@@ -235,7 +225,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--phase-s", type=float, default=6.0)
     args = parser.parse_args()
-    base = free_port_block(40)
+    base = free_port_block(33)  # room for instances 0-3
     envoy = free_port_block(3)
     settings = StackSettings(
         instances=1,

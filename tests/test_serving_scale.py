@@ -31,8 +31,9 @@ PHASE_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def scaling_stack(stack_settings):
-    with LocalStack(stack_settings(1)) as stack:
+def scaling_stack(stack_settings, free_port_block):
+    # Ports for up to four instances, so those added later find theirs free.
+    with LocalStack(stack_settings(1, base_port=free_port_block(33))) as stack:
         yield stack
 
 
