@@ -323,3 +323,5 @@ class KioskMode(QObject):
         self.status.move(viewport.center().x() - self.status.width() // 2, viewport.height() // 8)
         self.status.show()
         self.status.raise_()
+        # One message, not two: the window's own "Waiting for the server…" gives way.
+        self.window.show_overlay(None)

@@ -727,6 +727,10 @@ class MainWindow(QMainWindow):
         self._overlay_text(hint if not connected else None)
         self._show_server_info()
 
+    def show_overlay(self, text: str | None) -> None:
+        """A large message over the photos (None hides it); state changes set their own."""
+        self._overlay_text(text)
+
     def _overlay_text(self, text: str | None) -> None:
         if not text:
             self._overlay.hide()
