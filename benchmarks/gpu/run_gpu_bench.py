@@ -57,6 +57,7 @@ from gpubench.configs import (  # noqa: E402
     build_plan,
     describe_plan,
 )
+from gpubench.live import run_live  # noqa: E402
 from gpubench.machine import Deadline, gpu_name, log, machine_info, maybe_reexec  # noqa: E402
 from gpubench.measure import run_plan  # noqa: E402
 from gpubench.mps import mps_check  # noqa: E402
@@ -161,6 +162,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "with --cpu: cpu), results in OUT/ceiling.json (gpubench/ceiling.py)",
     )
     parser.add_argument(
+        "--live",
+        metavar="MODES",
+        help="Figure 6 live: autoscale and/or fixedK runs (e.g. autoscale,fixed7) while the "
+        "concurrency ramps through --live-steps (gpubench/live.py); results in --out",
+    )
+    parser.add_argument("--live-steps", default="1,2,4,8,16,32,64,128,256")
+    parser.add_argument("--live-step-s", type=float, default=15.0, help="seconds at each step")
+    parser.add_argument("--live-max", type=int, default=7, help="autoscale's MAX instances")
+    parser.add_argument(
         "--torch-limit",
         action="store_true",
         help="the model alone: img/s per batch on the whole GPU and as 1 and 7 MPS clients",
@@ -216,6 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not plan.perf_analyzer:
         log("perf_analyzer: not found or off; only our engine will be measured")
+    if args.live:
+        gpu = "CPU" if args.cpu else gpu_name()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "machine.txt").write_text(machine_info(home, plan))
+        return run_live(
+            plan,
+            args.out,
+            deadline,
+            gpu,
+            cpu_check=args.cpu,
+            modes=[m.strip() for m in args.live.split(",") if m.strip()],
+            steps=[int(c) for c in args.live_steps.split(",")],
+            step_s=args.live_step_s,
+            maximum=args.live_max,
+        )
     if args.ceiling:
         gpu = "CPU" if args.cpu else gpu_name()
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,274 @@
+"""The seed's Figure 6 as one live run: Triton instances on one GPU, each a CUDA MPS client at
+14% of the SMs (NOT MIG), behind Envoy, while the load's concurrency ramps up; the autoscale
+controller (`flowerdemo.core.autoscale`, driven as `flowerdemo --headless --autoscale` drives
+it: `flowerdemo.headless.drive_autoscale`) adds and removes instances to hold the p90 within the
+budget. The same ramp with autoscale off at a fixed count, for comparison.
+
+The load is our engine in one process, as the headless client runs it. Every 0.5 s the run
+records the p90 the controller saw (last 2 s of answers), the ready and target instance counts,
+the concurrency and the throughput. Per run: live-MODE.png (flowerdemo.plots.plot_autoscale),
+timeline-MODE.csv, and live.json with the decisions and the totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import resnet50_model
+
+from gpubench.configs import MODEL, TEARDOWN_RESERVE_S, Plan
+from gpubench.machine import Deadline, log
+from gpubench.mps import Mps
+
+SAMPLE_INTERVAL_S = 0.5
+MPS_PERCENTAGE = 14
+
+
+async def ramp(
+    stack: Any,
+    model: str,
+    scaling: str,
+    steps: list[int],
+    step_s: float,
+    budget_ms: float,
+    autoscale: tuple[int, int] | None,
+) -> dict[str, Any]:
+    from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, ScaleDecision
+    from flowerdemo.core.engine import EngineSettings, InferenceEngine
+    from flowerdemo.core.images import load_images
+    from flowerdemo.core.preprocess import SCALINGS, PreprocessOptions
+    from flowerdemo.core.stats import RunStatistics
+    from flowerdemo.headless import AUTOSCALE_WINDOW_S, drive_autoscale
+    from flowerdemo.plots import AutoscaleSample
+    from flowerdemo.resources import sample_images_dir
+
+    photos = [image.image for image in load_images(sample_images_dir()).images]
+    engine = InferenceEngine(
+        EngineSettings(
+            url=stack.grpc_url,
+            model_name=model,
+            preprocess=PreprocessOptions(scaling=next(s for s in SCALINGS if s == scaling)),
+        ),
+        photos,
+    )
+    await engine.connect()
+    budget_s = budget_ms / 1000
+    statistics = RunStatistics(window_s=AUTOSCALE_WINDOW_S, budget_s=budget_s)
+    engine.add_sink(statistics.record)
+    controller = (
+        AutoscaleController(
+            AutoscalePolicy(minimum=autoscale[0], maximum=autoscale[1], budget_s=budget_s)
+        )
+        if autoscale
+        else None
+    )
+    samples: list[AutoscaleSample] = []
+    started = time.monotonic()
+    statistics.reset()
+
+    def on_decision(decision: ScaleDecision) -> None:
+        log(f"  {decision.at - started:6.1f} s  {decision.reason}")
+
+    async def sample_forever() -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+            snapshot = statistics.snapshot()
+            states = await asyncio.to_thread(stack.states)
+            samples.append(
+                AutoscaleSample(
+                    t_s=time.monotonic() - started,
+                    concurrency=engine.concurrency,
+                    p90_ms=snapshot.window_verdict_s * 1000,
+                    ready=sum(1 for s in states if s.state == "ready"),
+                    target=stack.target_instances,
+                    images_per_s=snapshot.window_images_per_s,
+                )
+            )
+
+    load = asyncio.ensure_future(engine.run_automatic(steps[0]))
+    background = [asyncio.ensure_future(sample_forever())]
+    if controller is not None:
+        background.append(
+            asyncio.ensure_future(
+                drive_autoscale(
+                    stack,
+                    controller,
+                    lambda: statistics.recent_latency(90, AUTOSCALE_WINDOW_S),
+                    on_decision,
+                )
+            )
+        )
+    try:
+        for concurrency in steps:
+            engine.set_concurrency(concurrency)
+            log(f"{time.monotonic() - started:6.1f} s  concurrency {concurrency}")
+            await asyncio.sleep(step_s)
+    finally:
+        engine.stop()
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+        snapshot = statistics.snapshot()
+        await engine.close()
+    decisions = controller.decisions if controller is not None else []
+    return {
+        "samples": samples,
+        "decisions": [
+            {
+                "at": round(d.at - started, 2),
+                "before": d.before,
+                "target": d.target,
+                "reason": d.reason,
+            }
+            for d in decisions
+        ],
+        "answered": snapshot.answered,
+        "failed": snapshot.failed,
+    }
+
+
+def run_live(
+    plan: Plan,
+    out: Path,
+    deadline: Deadline,
+    gpu: str,
+    *,
+    cpu_check: bool,
+    modes: list[str],
+    steps: list[int],
+    step_s: float,
+    maximum: int,
+) -> int:
+    """Each mode in turn ("autoscale", or "fixedK" for K instances, autoscale off), while the
+    deadline allows a whole ramp."""
+    from flowerdemo.plots import plot_autoscale
+    from flowerdemo.resources import labels_file
+    from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
+
+    out.mkdir(parents=True, exist_ok=True)
+    mps = None if cpu_check else Mps(Path(tempfile.gettempdir()) / "flowerdemo-mps-live")
+    results: dict[str, Any] = {
+        "gpu": gpu,
+        "steps": steps,
+        "step_s": step_s,
+        "budget_ms": plan.budget_ms,
+        "runs": {},
+    }
+    failures = 0
+    try:
+        if mps is not None:
+            mps.start()
+            # Every Triton the stack starts, now or when scaling up, is an MPS client at 14%.
+            os.environ.update({**mps.env, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(MPS_PERCENTAGE)})
+        for mode in modes:
+            autoscale = (1, maximum) if mode == "autoscale" else None
+            count = 1 if autoscale else int(mode.removeprefix("fixed"))
+            need = 25 + 3 * count + step_s * len(steps) + 10
+            if deadline.left() - TEARDOWN_RESERVE_S < need:
+                log(f"live {mode}: skipped ({deadline.left():.0f} s left, needs {need:.0f} s)")
+                results["runs"][mode] = {"status": "skipped: time"}
+                continue
+            work = Path(tempfile.mkdtemp(prefix=f"flowerdemo-live-{mode}-"))
+            if cpu_check:
+                model, scaling = "flowers", "inception"
+                settings = StackSettings(
+                    instances=count,
+                    workdir=work / "stack",
+                    base_port=plan.base_port,
+                    listen=plan.listen,
+                    http_listen=plan.http_listen,
+                    admin_listen=plan.admin_listen,
+                )
+            else:
+                model, scaling = MODEL, "none"
+                repository = resnet50_model.write_repository(
+                    work / "repository",
+                    labels_file(),
+                    instances=1,
+                    buckets=plan.buckets,
+                    max_queue_delay_us=plan.max_queue_delay_us,
+                    copy_threads=1,
+                    input_dtype="uint8",
+                )
+                settings = StackSettings(
+                    instances=count,
+                    devices=("cuda:0",),
+                    repository=repository,
+                    model_name=MODEL,
+                    workdir=work / "stack",
+                    base_port=plan.base_port,
+                    listen=plan.listen,
+                    http_listen=plan.http_listen,
+                    admin_listen=plan.admin_listen,
+                    envoy_concurrency=plan.envoy_workers,
+                    ready_timeout_s=120.0,
+                )
+            stack = LocalStack(settings)
+            record: dict[str, Any] = {"instances_at_start": count, "autoscale": autoscale}
+            try:
+                began = time.monotonic()
+                stack.start()
+                record["ready_s"] = round(time.monotonic() - began, 1)
+                log(f"live {mode}: {count} instance(s) ready in {record['ready_s']} s")
+                run = asyncio.run(
+                    ramp(stack, model, scaling, steps, step_s, plan.budget_ms, autoscale)
+                )
+                samples = run.pop("samples")
+                record.update(run, status="ran")
+                with (out / f"timeline-{mode}.csv").open("w", encoding="utf-8") as handle:
+                    handle.write("t_s,concurrency,p90_ms,ready,target,images_per_s\n")
+                    for s in samples:
+                        p90 = "" if math.isnan(s.p90_ms) else f"{s.p90_ms:.2f}"
+                        handle.write(
+                            f"{s.t_s:.2f},{s.concurrency},{p90},{s.ready},{s.target},"
+                            f"{s.images_per_s:.2f}\n"
+                        )
+                where = "CPU check, bundled model" if cpu_check else f"{gpu}, ResNet-50 FP16"
+                what = (
+                    f"autoscale 1:{maximum}" if autoscale else f"{count} instance(s), autoscale off"
+                )
+                plot_autoscale(
+                    samples,
+                    [(d["at"], d["before"], d["target"]) for d in record["decisions"]],
+                    out / f"live-{mode}.png",
+                    budget_ms=plan.budget_ms,
+                    title=f"{where}: {what}, concurrency {steps[0]}..{max(steps)} "
+                    f"({step_s:g} s a step), one client process\n"
+                    + (
+                        ""
+                        if cpu_check
+                        else f"NOT MIG: each instance is a process sharing one GPU via MPS "
+                        f"({MPS_PERCENTAGE}% of the SMs)"
+                    ),
+                )
+                log(
+                    f"live {mode}: answered {record['answered']}, failed {record['failed']}, "
+                    f"{len(record['decisions'])} decisions"
+                )
+            except (StackError, Exception) as error:
+                record["status"] = f"error: {type(error).__name__}: {error}"
+                log(f"live {mode}: {record['status']}")
+                failures += 1
+            finally:
+                stack.stop()
+                shutil.rmtree(work, ignore_errors=True)
+            results["runs"][mode] = record
+            (out / "live.json").write_text(json.dumps(results, indent=1) + "\n")
+    finally:
+        if mps is not None:
+            mps.stop()
+        (out / "live.json").write_text(json.dumps(results, indent=1) + "\n")
+    return failures
