@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -82,7 +83,12 @@ async def test_add_then_remove_under_load_loses_nothing(scaling_stack):
     envoy_pid = stack.envoy_pid()
     async with _Load(stack.grpc_url) as load:
         await asyncio.sleep(PHASE_S)
-        added = stack.add_instance()
+        # Something else holds triton-1's gRPC port: the new instance takes the next index.
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", stack.settings.base_port + 10 + 1))
+            squatter.listen()
+            added = stack.add_instance()
+        assert added == "triton-2"
         assert stack.target_instances == 2
         assert await asyncio.to_thread(stack.wait_settled, 30)
         # Envoy uses the new instance without a restart.
@@ -92,7 +98,7 @@ async def test_add_then_remove_under_load_loses_nothing(scaling_stack):
 
         removed = stack.remove_instance()
         assert removed == added and stack.target_instances == 1
-        assert [s.state for s in stack.states()][1] in ("draining", "stopped")
+        assert stack.states()[1].state in ("draining", "stopped")
         assert await asyncio.to_thread(stack.wait_settled, 30)
         after_removal = time.monotonic()
         await asyncio.sleep(PHASE_S)
@@ -100,7 +106,7 @@ async def test_add_then_remove_under_load_loses_nothing(scaling_stack):
     assert load.answered_since(after_removal) > 0, "the remaining instance kept serving"
     assert answered_by_new > 0
     states = stack.states()
-    assert [s.state for s in states] == ["ready", "stopped"]
+    assert [(s.name, s.state) for s in states] == [("triton-0", "ready"), ("triton-2", "stopped")]
     assert states[1].pid is None
     names = {h.instance for h in read_upstream_hosts(stack.settings.admin_listen, 2.0)}
     assert names == {"triton-0"}, "the removed instance left Envoy's endpoints"
@@ -116,8 +122,8 @@ async def test_scale_to_and_a_killed_instance_is_restarted_under_load(scaling_st
             stack.scale_to(2)
             assert await asyncio.to_thread(stack.wait_settled, 30)
             await asyncio.sleep(PHASE_S)
-            victim = "triton-1"
             before = stack.states()[1]
+            victim = before.name
             killed_at = time.monotonic()
             stack.kill_instance(victim)
             # The supervisor notices within 2 s and restarts it.

@@ -140,6 +140,7 @@ _BACKOFF_MAX_S = 8.0
 _STABLE_S = 60.0
 # Envoy checks every 0.5 s; past this, "ready" is said anyway and Envoy's view shows as ejected.
 _ENVOY_CHECK_S = 5.0
+_PORT_TRIES = 50
 
 
 def _backoff(attempt: int) -> float:
@@ -270,11 +271,11 @@ class LocalStack:
 
     def _plan(self, index: int) -> InstancePlan:
         with self._lock:
-            if self._members and 0 <= index < len(self._members):
-                return self._members[index].instance.plan
-            if 0 <= index < len(self._plans):
-                return self._plans[index]
-        raise IndexError(f"instance {index}: this stack has {self.instance_count} instances")
+            plans = [m.instance.plan for m in self._members] or self._plans
+            for plan in plans:
+                if plan.index == index:
+                    return plan
+        raise IndexError(f"instance {index}: this stack has no instance {index}")
 
     def instance_grpc_url(self, index: int) -> str:
         return self._plan(index).grpc_address
@@ -288,8 +289,9 @@ class LocalStack:
 
     def instance_log(self, index: int) -> Path | None:
         with self._lock:
-            if 0 <= index < len(self._members):
-                return self._members[index].instance.log_path
+            for member in self._members:
+                if member.instance.plan.index == index:
+                    return member.instance.log_path
         return None
 
     def envoy_pid(self) -> int | None:
@@ -670,16 +672,29 @@ class LocalStack:
                     f"target {self.target_instances}: add {member.instance.name}",
                 )
                 return member.instance.name
-        index = len(self._members)
-        s = self.settings
-        last_port = s.base_port + PORT_STRIDE * index + 2
-        if last_port > 65535:
-            raise StackError(f"instance {index}: its ports would run to {last_port} (max 65535)")
-        plan = make_instance(index, self._devices, s.base_port, s.host)
+        plan = self._next_free_plan()
         member = _Member(self._new_instance(plan), wanted=True, restart_at=time.monotonic())
         self._members.append(member)
         self._emit(None, "target", f"target {self.target_instances}: add {plan.name}")
         return plan.name
+
+    def _next_free_plan(self) -> InstancePlan:
+        """The next instance's plan: the index after the highest, skipping any whose ports
+        something else on this machine holds (another stack, another program)."""
+        s = self.settings
+        index = max((m.instance.plan.index for m in self._members), default=-1) + 1
+        for _ in range(_PORT_TRIES):
+            last_port = s.base_port + PORT_STRIDE * index + 2
+            if last_port > 65535:
+                break
+            plan = make_instance(index, self._devices, s.base_port, s.host)
+            ports = (plan.http_port, plan.grpc_port, plan.metrics_port)
+            if not any(port_in_use(plan.host, port) for port in ports):
+                return plan
+            index += 1
+        raise StackError(
+            f"no free ports for another instance from {s.base_port + PORT_STRIDE * index} on"
+        )
 
     def _remove(self, name: str | None) -> str:
         wanted = [m for m in self._members if m.wanted]
