@@ -172,8 +172,19 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 def guarded(program: str, run: Callable[[], int]) -> int:
     """Run an entry point; anything unexpected becomes a short message and a log file path."""
-    if not isinstance(sys.stdout, PipeSafeStream) and sys.stdout is not None:
+    streams = sys.stdout, sys.stderr
+    # `flowerdemo ... 2>&1 | head -1`: output after the reader left is dropped, the run goes on.
+    if sys.stdout is not None and not isinstance(sys.stdout, PipeSafeStream):
         sys.stdout = PipeSafeStream(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, PipeSafeStream):
+        sys.stderr = PipeSafeStream(sys.stderr)
+    try:
+        return _run_guarded(program, run)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _run_guarded(program: str, run: Callable[[], int]) -> int:
     try:
         return run()
     except KeyboardInterrupt:
