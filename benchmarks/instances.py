@@ -53,6 +53,7 @@ class Change:
     ready_at: float = math.nan
     """When the stack reported the change done (instance ready and healthy in Envoy, or
     stopped)."""
+    note: str = ""
 
 
 @dataclass
@@ -68,6 +69,21 @@ def p90_ms(latencies: list[float]) -> float:
         return math.nan
     ordered = sorted(latencies)
     return 1000 * ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def _seconds(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}s"
+
+
+def _wait_ejected(stack: LocalStack, name: str, timeout: float) -> float:
+    """When Envoy's admin first shows `name` out of the gRPC cluster's rotation (NaN if not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hosts = read_upstream_hosts(stack.settings.admin_listen, 1.0, cluster="triton_grpc")
+        if any(h.instance == name and not h.healthy for h in hosts):
+            return time.monotonic()
+        time.sleep(0.01)
+    return math.nan
 
 
 def _admin_counts(stack: LocalStack) -> dict[str, int]:
@@ -131,7 +147,11 @@ async def measure(stack: LocalStack, concurrency: int, phase_s: float) -> tuple[
         killed = Change(f"kill {victim} (SIGKILL)", time.monotonic(), victim, False)
         await asyncio.to_thread(stack.kill_instance, victim)
         run.changes.append(killed)
-        await asyncio.sleep(phase_s)
+        # Envoy takes it out (outlier detection on the refused connections, or the health check).
+        ejected = await asyncio.to_thread(_wait_ejected, stack, victim, phase_s)
+        killed.ready_at = ejected
+        killed.note = "done: Envoy's admin shows it ejected"
+        await asyncio.sleep(max(0.0, phase_s - (time.monotonic() - killed.at)))
 
         phase(f"{victim} restarting")
         restart = Change(f"restart {victim}", time.monotonic(), victim, True)
@@ -202,7 +222,11 @@ def report(run: Run, sent_total: int, concurrency: int, load: str) -> str:
             answered = max((e.done_at for e in mine), default=math.nan) - change.at
             what = f"last, {change.watch}"
         done = change.ready_at - change.at
-        lines.append(f"{change.what:<28}{done:7.2f}s{routed:8.2f}s{answered:9.2f}s  ({what})")
+        note = f"; {change.note}" if change.note else ""
+        lines.append(
+            f"{_seconds(done):>8}{_seconds(routed):>9}{_seconds(answered):>10}  ({what}{note})"
+        )
+        lines[-1] = f"{change.what:<28}" + lines[-1]
     three = next(p for p in run.phases if p.name == "3 instances")
     answered = [e for e in events if e.ok and three.begin <= e.done_at < three.end]
     by = collections.Counter(e.instance for e in answered)
