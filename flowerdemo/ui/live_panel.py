@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
@@ -109,11 +109,15 @@ class LivePanel(QWidget):
 
         self.badge = QLabel(self)
         self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.badge.setMinimumHeight(48)
+        # The verdict with its goodput, or a failure with its reason, is wider than the panel
+        # at some sizes: it wraps instead of being cut off at both ends.
+        self.badge.setWordWrap(True)
         badge_font = QFont(self.badge.font())
         badge_font.setPointSizeF(badge_font.pointSizeF() * 1.6)
         badge_font.setBold(True)
         self.badge.setFont(badge_font)
+        # Room for two lines from the start, so the panel does not jump when the text wraps.
+        self.badge.setMinimumHeight(max(48, 2 * QFontMetrics(badge_font).lineSpacing() + 14))
         self.badge.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
         self.throughput = _Figure("images/s", self, scale=2.2)
