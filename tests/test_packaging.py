@@ -237,15 +237,24 @@ def _qt_files_the_client_loads() -> list[Path]:
     plugins = root / "Qt" / "plugins"
     files = [root / f"{module}.abi3.so" for module in ("QtCore", "QtGui", "QtWidgets", "QtSvg")]
     files += sorted((root / "Qt" / "lib").glob("libQt6XcbQpa.so.*"))
-    files += [plugins / "platforms" / "libqxcb.so"]
-    for folder in ("xcbglintegrations", "imageformats", "iconengines", "platforminputcontexts"):
+    files += [plugins / "platforms" / "libqxcb.so", plugins / "platforms" / "libqwayland.so"]
+    folders = ("xcbglintegrations", "imageformats", "iconengines", "platforminputcontexts")
+    # A Wayland desktop: the wayland platform and the plugins a Wayland client loads (not the
+    # compositor's).
+    folders += (
+        "wayland-shell-integration",
+        "wayland-decoration-client",
+        "wayland-graphics-integration-client",
+    )
+    for folder in folders:
         files += sorted((plugins / folder).glob("*.so"))
     return [path for path in files if path.is_file()]
 
 
 def test_apt_list_covers_every_library_the_qt_xcb_platform_links() -> None:
-    """Each system library that Qt's xcb platform and its plugins need directly comes from a
-    package of the install script's list or of the slim base image; apt brings the rest."""
+    """Each system library that Qt's xcb and wayland platforms and their plugins need directly
+    comes from a package of the install script's list or of the slim base image; apt brings
+    the rest."""
     require_tool("dpkg", "a Debian system")
     objdump = require_tool("objdump", "apt binutils")
     import PySide6
@@ -271,6 +280,7 @@ def test_apt_list_covers_every_library_the_qt_xcb_platform_links() -> None:
             else:
                 needed.setdefault(soname, path)
     assert "libxcb-cursor.so.0" in needed  # the analysis found the xcb plugin's libraries
+    assert "libwayland-cursor.so.0" in needed  # and the wayland plugin's
 
     cache = run(["ldconfig", "-p"]).stdout
     allowed = set(_apt_packages()) | SLIM_BASE_PACKAGES
@@ -339,6 +349,10 @@ def _xvfb_smoke(app: Path, url: str, screenshot: Path, *, as_booth: bool = False
         env=environment,
     )
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    if as_booth:
+        # Kiosk mode fills the whole screen, also on an X server without a window manager.
+        drawn = re.search(r"(\d+)% of the screen drawn", smoke.stdout)
+        assert drawn is not None and int(drawn.group(1)) >= 99, smoke.stdout
     keep = os.environ.get("FLOWERDEMO_SCREENSHOT_DIR")
     if keep:
         shutil.copy(screenshot, Path(keep) / screenshot.name)

@@ -1,6 +1,7 @@
 """Kiosk mode (`--kiosk`): the window on an unattended booth screen, for hours.
 
-- Full screen, and back to full screen if something takes it out.
+- Full screen (the whole screen even without a window manager), and back to it if something
+  takes it out.
 - Esc, Ctrl+Q and F11 do nothing, and every close request (the window manager's Alt+F4 or title
   bar, a stray QWidget.close()) is refused. `end()` alone closes it: the exit chord `EXIT_CHORD`
   (Ctrl+Alt+Shift+Q) calls it, and so do SIGTERM and SIGINT (`docker stop`, systemd, Ctrl+C).
@@ -189,7 +190,7 @@ class KioskMode(QObject):
         self.window.sig_closed.connect(self._detach)
         self.window.task.sig_state_changed.connect(self._on_state)
         self.window.task.sig_retrying.connect(self._on_retrying)
-        self.window.showFullScreen()
+        self._fill_screen()
         self._handle = self.window.windowHandle()
         method = self.inhibitor.inhibit()
         log.info(
@@ -268,8 +269,17 @@ class KioskMode(QObject):
         if not self._fell_back and now - self._last_input >= self.idle_s:
             self._fell_back = True
             self._fall_back_to_automatic()
-        if not self.window.isFullScreen():
-            self.window.showFullScreen()
+        self._fill_screen()
+
+    def _fill_screen(self) -> None:
+        """Full screen, also on an X server without a window manager (a bare kiosk session),
+        where the full-screen request alone changes nothing."""
+        window = self.window
+        if not window.isFullScreen():
+            window.showFullScreen()
+        screen = window.screen().geometry()
+        if window.geometry() != screen:
+            window.setGeometry(screen)
 
     def _fall_back_to_automatic(self) -> None:
         window = self.window
