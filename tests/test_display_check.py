@@ -175,3 +175,86 @@ def test_the_readme_quick_start_names_the_same_packages() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert read_platform_packages().install_line() in quick_start.splitlines()
+
+
+@pytest.fixture
+def x_display():
+    """A real X server (Xvfb) for the test, on a display it picks itself."""
+    if shutil.which("Xvfb") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("Xvfb not found (apt xvfb)")
+        pytest.skip("Xvfb not found (apt xvfb)")
+    sys.path.insert(0, str(REPO / "packaging"))
+    try:
+        import xvfb_smoke
+    finally:
+        sys.path.remove(str(REPO / "packaging"))
+    server, display = xvfb_smoke.start_xvfb("640x480x24")
+    try:
+        yield display
+    finally:
+        xvfb_smoke.stop(server)
+
+
+def _xcb_libraries_complete() -> bool:
+    verdict = display_check.check_platform("xcb", {**os.environ, "DISPLAY": ""})
+    return not verdict.missing_libraries
+
+
+def test_an_x_display_that_is_not_there_stops_with_a_paragraph(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "xcb",
+        "DISPLAY": ":97",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    app = subprocess.run(
+        [sys.executable, "-m", "flowerdemo", "--url", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert app.returncode == 2, app.stdout + app.stderr
+    assert "Traceback" not in app.stdout + app.stderr
+    paragraph = app.stderr.strip()
+    assert "\n" not in paragraph and paragraph.startswith("flowerdemo cannot open its window:")
+    if _xcb_libraries_complete():
+        assert "':97'" in paragraph and "xhost +SI:localuser:" in paragraph
+
+
+def test_a_chosen_wayland_without_a_compositor_falls_back_to_xcb(x_display, tmp_path) -> None:
+    if not _xcb_libraries_complete():
+        pytest.skip("Qt's xcb platform lacks system libraries here")
+    runtime = tmp_path / "runtime"  # no Wayland socket in it
+    runtime.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "wayland",
+        "WAYLAND_DISPLAY": "wayland-0",
+        "XDG_RUNTIME_DIR": str(runtime),
+        "DISPLAY": x_display,
+    }
+    probe = (
+        "from flowerdemo.display_check import prepare_display\n"
+        "assert prepare_display()\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "print('platform', QApplication([]).platformName())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "platform xcb" in result.stdout
+    assert "wayland platform cannot start here" in result.stderr
+    assert "using xcb" in result.stderr
+
+    # Without the check, Qt itself gives up on the same machine.
+    bare = subprocess.run(
+        [sys.executable, "-c", probe.split("\n", 2)[2]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert bare.returncode != 0
