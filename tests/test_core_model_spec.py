@@ -140,6 +140,10 @@ def _broken(change):
             lambda m, c: m["inputs"][0].update(shape=["-1", "3", "-1", "-1"]),
             r"the image size must be fixed",
         ),
+        (
+            lambda m, c: m["inputs"][0].update(shape=["-1", "3", "100000", "100000"]),
+            r"an image input of 100000x100000 is larger than this client prepares \(at most 4096x4096\)",
+        ),
     ],
     ids=[
         "two-inputs",
@@ -151,6 +155,7 @@ def _broken(change):
         "ambiguous-layout",
         "channels",
         "dynamic-size",
+        "huge-size",
     ],
 )
 def test_every_mismatch_names_model_tensor_expected_and_found(change, message):

@@ -178,6 +178,7 @@ def parse_model_spec(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> 
             )
         height = _positive_int(parameters.get(IMAGE_HEIGHT_PARAMETER), DEFAULT_ENCODED_SIZE)
         width = _positive_int(parameters.get(IMAGE_WIDTH_PARAMETER), DEFAULT_ENCODED_SIZE)
+        _check_input_size(height, width, where, input_name)
         return ModelSpec(layout="ENCODED", channels=3, height=height, width=width, **common)
     expected_rank = 4 if max_batch_size > 0 else 3
     if len(input_dims) != expected_rank:
@@ -202,7 +203,21 @@ def parse_model_spec(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> 
             f"{where}, input '{input_name}': the image size must be fixed, found shape "
             f"{_shape_text(input_meta.get('shape'))}"
         )
+    _check_input_size(height, width, where, input_name)
     return ModelSpec(layout=layout, channels=channels, height=height, width=width, **common)
+
+
+MAX_INPUT_SIDE = 4096
+"""The largest input side this client prepares photos for: every photo becomes a tensor of the
+model's size, so a model (or a server) claiming 100000 x 100000 would ask for 120 GB a photo."""
+
+
+def _check_input_size(height: int, width: int, where: str, input_name: str) -> None:
+    if height > MAX_INPUT_SIDE or width > MAX_INPUT_SIDE:
+        raise ModelSpecError(
+            f"{where}, input '{input_name}': an image input of {height}x{width} is larger than "
+            f"this client prepares (at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE})"
+        )
 
 
 def wire_model_name(
