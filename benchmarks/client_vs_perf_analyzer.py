@@ -156,7 +156,7 @@ def measure_ours(
     """Our engine in a child process; `checkout`: import flowerdemo from there instead."""
     command = [
         sys.executable, __file__, "--child", url, model, str(concurrency), str(args.window),
-        str(args.stability_percentage),
+        str(args.stability_percentage), str(args.photos),
     ]  # fmt: skip
     env = dict(os.environ)
     if checkout is not None:
@@ -193,7 +193,9 @@ def measure_perf_analyzer(
     return ClientRun(math.nan, math.nan, math.nan, math.nan, 0)
 
 
-def child(url: str, model: str, concurrency: int, window_s: float, stability: float) -> int:
+def child(
+    url: str, model: str, concurrency: int, window_s: float, stability: float, photo_count: int
+) -> int:
     """Our engine's side: one sweep step at `concurrency`, printed as one JSON line."""
     from flowerdemo.core.engine import EngineSettings
     from flowerdemo.core.images import load_images
@@ -202,6 +204,7 @@ def child(url: str, model: str, concurrency: int, window_s: float, stability: fl
 
     # The reduced copy where the package has one (FlowerImage.image), the full photo before.
     photos = [getattr(f, "image", None) or f.rgb for f in load_images(sample_images_dir()).images]
+    photos = photos[:photo_count] if photo_count > 0 else photos
     (step,) = asyncio.run(
         sweep_server(
             EngineSettings(url=url, model_name=model),
@@ -281,9 +284,10 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
 
 
 def main() -> int:
-    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+    if len(sys.argv) == 8 and sys.argv[1] == "--child":
+        url, model, concurrency, window, stability, photo_count = sys.argv[2:]
         return child(
-            sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+            url, model, int(concurrency), float(window), float(stability), int(photo_count)
         )
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,6 +301,14 @@ def main() -> int:
         default=10.0,
         help="perf_analyzer's stability rule, for both clients (default 10; a busy machine "
         "may need more)",
+    )
+    parser.add_argument(
+        "--photos",
+        type=int,
+        default=0,
+        help="how many of the bundled photos our engine cycles through (0: all of them); "
+        "perf_analyzer sends one input, so 1 compares the clients' own cost on the same "
+        "memory footprint",
     )
     parser.add_argument(
         "--fast-model-dir",
@@ -313,6 +325,10 @@ def main() -> int:
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; reference: {perf_analyzer_version()}"
+    )
+    print(
+        f"windows {args.window:g} s, stability {args.stability_percentage:g} %, our engine cycles "
+        f"{args.photos or 'all'} photo(s), baseline {args.baseline or 'none'}"
     )
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -273,6 +273,7 @@ class GrpcTransport:
         from tritonclient.grpc import service_pb2
 
         self._pb = service_pb2
+        self._rpc_error: type[Exception] = grpc.aio.AioRpcError
         # gRPC metadata keys are lower case (HTTP/2); gRPC refuses any other.
         self._headers = {name.lower(): value for name, value in headers}
         self._metadata: tuple[tuple[str, str], ...] | None = (
@@ -349,13 +350,11 @@ class GrpcTransport:
         return PreparedRequest(request, message.SerializeToString())
 
     async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer:
-        import grpc
-
         call = self._model_infer(prepared.payload, timeout=timeout_s, metadata=self._metadata)
         try:
             response = await call
             metadata = await call.initial_metadata()
-        except grpc.aio.AioRpcError as error:
+        except self._rpc_error as error:
             raise _grpc_error(error) from None
         instance = _instance_name(metadata.get(INSTANCE_HEADER) if metadata else None)
         name = prepared.request.output_name
