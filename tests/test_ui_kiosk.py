@@ -17,7 +17,12 @@ from PySide6.QtGui import QGuiApplication
 from flowerdemo.options import RunOptions
 from flowerdemo.serving.stack import LocalStack
 from flowerdemo.ui.inference_task import TaskState
-from flowerdemo.ui.kiosk import KioskMode, ScreenBlankingInhibitor
+from flowerdemo.ui.kiosk import (
+    KioskMode,
+    ScreenBlankingInhibitor,
+    font_scale_for,
+    scale_font_to_screen,
+)
 
 pytestmark = [pytest.mark.gui]
 
@@ -207,3 +212,17 @@ def test_sigterm_ends_a_kiosk_configured_by_the_environment(tmp_path):
             app.communicate()
     assert app.returncode == 0, err
     assert "Traceback" not in out + err
+
+
+def test_text_grows_on_screens_taller_than_1080(qapp):
+    assert font_scale_for(1080) == 1.0
+    assert font_scale_for(800) == 1.0  # never smaller than the desktop's own size
+    assert font_scale_for(2160) == 2.0
+    before = qapp.font()
+    try:
+        factor = scale_font_to_screen(qapp)
+        screen_height = qapp.primaryScreen().geometry().height()
+        assert factor == font_scale_for(screen_height)
+        assert qapp.font().pointSizeF() == pytest.approx(before.pointSizeF() * factor)
+    finally:
+        qapp.setFont(before)

@@ -123,6 +123,11 @@ def freeze_startup_objects() -> None:
 async def _run_window(options: RunOptions) -> int:
     from flowerdemo.ui.main_window import MainWindow
 
+    app = QApplication.instance()
+    if options.kiosk and isinstance(app, QApplication):
+        from flowerdemo.ui.kiosk import scale_font_to_screen
+
+        scale_font_to_screen(app)
     window = MainWindow(options, QSettings())
     close: Callable[[], object] = window.close
     if options.kiosk:

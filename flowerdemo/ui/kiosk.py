@@ -1,7 +1,8 @@
 """Kiosk mode (`--kiosk`): the window on an unattended booth screen, for hours.
 
 - Full screen (the whole screen even without a window manager), and back to it if something
-  takes it out.
+  takes it out. On a screen taller than 1080 logical pixels (a 4K screen without desktop
+  scaling) the text grows with it (`scale_font_to_screen`); the tiles' labels always do.
 - Esc, Ctrl+Q and F11 do nothing, and every close request (the window manager's Alt+F4 or title
   bar, a stray QWidget.close()) is refused. `end()` alone closes it: the exit chord `EXIT_CHORD`
   (Ctrl+Alt+Shift+Q) calls it, and so do SIGTERM and SIGINT (`docker stop`, systemd, Ctrl+C).
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_CHORD = "Ctrl+Alt+Shift+Q"
+PANEL_SHARE = 0.28
+"""The live panel's share of the screen's width in kiosk mode."""
 CURSOR_HIDE_S = 3.0
 TICK_MS = 500
 
@@ -64,6 +67,29 @@ _POINTER_EVENTS = frozenset(
     }
 )
 _DISCONNECTED_STATES = (TaskState.WAITING, TaskState.UNREACHABLE)
+
+
+REFERENCE_HEIGHT = 1080
+"""The screen height the window's text sizes are made for: taller screens scale them up."""
+
+
+def font_scale_for(screen_height: int) -> float:
+    """How much larger the kiosk's text is on a screen `screen_height` logical pixels tall: a 4K
+    booth screen without desktop scaling (2160 logical pixels) doubles it, so it reads from the
+    same distance as on a 1080p one."""
+    return max(1.0, screen_height / REFERENCE_HEIGHT)
+
+
+def scale_font_to_screen(app: QGuiApplication) -> float:
+    """Scale the application's font for its primary screen, before the window is made (its
+    widgets derive their fonts from it); the factor used."""
+    screen = app.primaryScreen()
+    factor = font_scale_for(screen.geometry().height()) if screen is not None else 1.0
+    if factor > 1.0:
+        font = app.font()
+        font.setPointSizeF(font.pointSizeF() * factor)
+        app.setFont(font)
+    return factor
 
 
 def is_blocked_key(event: QKeyEvent) -> bool:
@@ -191,6 +217,11 @@ class KioskMode(QObject):
         self.window.task.sig_state_changed.connect(self._on_state)
         self.window.task.sig_retrying.connect(self._on_retrying)
         self._fill_screen()
+        # The live panel keeps its share of the screen, whatever its size and the text's scale
+        # (a desktop run's divider, in pixels, would squeeze it on a 4K screen).
+        width = self.window.screen().geometry().width()
+        panel = round(width * PANEL_SHARE)
+        self.window.splitter.setSizes([width - panel, panel])
         self._handle = self.window.windowHandle()
         method = self.inhibitor.inhibit()
         log.info(
