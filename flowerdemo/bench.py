@@ -35,7 +35,12 @@ from flowerdemo.core.sweep import (
 from flowerdemo.core.units import format_ms
 from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import EXIT_FAILED_REQUESTS, EXIT_NOT_RUN, report_skipped, stop_on_signals
-from flowerdemo.options import RunOptions
+from flowerdemo.options import (
+    RunOptions,
+    add_security_arguments,
+    security_from_args,
+    security_problems,
+)
 from flowerdemo.plots import SweepPoint, plot_sweeps, read_perf_analyzer_csv
 from flowerdemo.validation import (
     MAX_BATCH_SIZE,
@@ -50,6 +55,7 @@ BAR_WIDTH = 24
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="HOST:PORT to measure; without it a local stack is started")
+    add_security_arguments(parser)
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--model", default="flowers")
     parser.add_argument(
@@ -170,7 +176,12 @@ def run_bench(args: argparse.Namespace) -> int:
         server_urls=tuple(
             url.strip() for item in args.server_url for url in item.split(",") if url.strip()
         ),
+        **security_from_args(args),
     )
+    problems = security_problems(options)
+    if problems:
+        print(f"flowerdemo bench: {'; '.join(problems)}", file=sys.stderr)
+        return EXIT_NOT_RUN
     settings = SweepSettings(
         concurrencies,
         window_s=args.window,

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from flowerdemo.core.engine import (
     PROTOCOLS,
@@ -262,6 +262,24 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="Envoy admin interface of a stack this app did not start: the window's Instances "
         "panel lists its instances and their health",
     )
+    add_security_arguments(parser)
+    parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
+    parser.add_argument(
+        "--kiosk",
+        action="store_true",
+        help="unattended booth: full screen, Esc and Ctrl+Q do nothing (Ctrl+Alt+Shift+Q or "
+        "SIGTERM ends it), idle cursor hidden, screen kept on, automatic mode when left alone",
+    )
+    parser.add_argument(
+        "--idle-minutes",
+        type=finite_positive,
+        default=DEFAULT_IDLE_MINUTES,
+        help="kiosk: minutes without input before automatic mode resumes (default: 3)",
+    )
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS and request headers, as Triton's client examples name them (window, headless, bench)."""
     parser.add_argument(
         "--ssl",
         action="store_true",
@@ -285,19 +303,48 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="'NAME: VALUE'",
         help="send this header with every call (repeatable), e.g. -H 'Authorization: Bearer T'",
     )
-    parser.add_argument("--fullscreen", action="store_true", help="open the window full screen")
-    parser.add_argument(
-        "--kiosk",
-        action="store_true",
-        help="unattended booth: full screen, Esc and Ctrl+Q do nothing (Ctrl+Alt+Shift+Q or "
-        "SIGTERM ends it), idle cursor hidden, screen kept on, automatic mode when left alone",
-    )
-    parser.add_argument(
-        "--idle-minutes",
-        type=finite_positive,
-        default=DEFAULT_IDLE_MINUTES,
-        help="kiosk: minutes without input before automatic mode resumes (default: 3)",
-    )
+
+
+def security_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunOptions fields of add_security_arguments' options."""
+    return {
+        "ssl": args.ssl,
+        "root_certificates": args.root_certificates,
+        "private_key": args.private_key,
+        "certificate_chain": args.certificate_chain,
+        "headers": tuple(_split_header(text) for text in args.header),
+    }
+
+
+def security_problems(options: RunOptions) -> list[str]:
+    """What is wrong with the TLS options and headers, one sentence each."""
+    problems: list[str] = []
+    for name, value in options.headers:
+        problem = header_problem(name, value)
+        if problem:
+            problems.append(problem)
+    for flag, path in (
+        ("--root-certificates", options.root_certificates),
+        ("--private-key", options.private_key),
+        ("--certificate-chain", options.certificate_chain),
+    ):
+        if path is not None and not path.is_file():
+            problems.append(f"{flag}: {path} is not a readable file")
+    if (options.private_key is None) != (options.certificate_chain is None):
+        problems.append("a client certificate needs both --private-key and --certificate-chain")
+    if options.tls is not None and options.url is None:
+        problems.append(
+            "TLS options need --url https://HOST:PORT of a server that speaks TLS (the local "
+            "stack this run would start listens in plain text on 127.0.0.1)"
+        )
+    if options.url is not None and options.tls is not None:
+        scheme = options.url.strip().split("://", 1)[0].lower() if "://" in options.url else ""
+        if scheme in ("http", "grpc"):
+            problems.append(
+                f"--url {options.url} asks for a plain connection but TLS options were given: "
+                f"write https:// for TLS, or drop --ssl and the certificate options"
+            )
+    return problems
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -332,11 +379,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         headless=args.headless,
         kiosk=args.kiosk,
         idle_minutes=args.idle_minutes,
-        ssl=args.ssl,
-        root_certificates=args.root_certificates,
-        private_key=args.private_key,
-        certificate_chain=args.certificate_chain,
-        headers=tuple(_split_header(text) for text in args.header),
+        **security_from_args(args),
     )
 
 
@@ -406,31 +449,7 @@ def validate_options(options: RunOptions) -> list[str]:
             check_url(url)
         except ConnectError as error:
             problems.append(f"--server-url: {error}")
-    for name, value in options.headers:
-        problem = header_problem(name, value)
-        if problem:
-            problems.append(problem)
-    for flag, path in (
-        ("--root-certificates", options.root_certificates),
-        ("--private-key", options.private_key),
-        ("--certificate-chain", options.certificate_chain),
-    ):
-        if path is not None and not path.is_file():
-            problems.append(f"{flag}: {path} is not a readable file")
-    if (options.private_key is None) != (options.certificate_chain is None):
-        problems.append("a client certificate needs both --private-key and --certificate-chain")
-    if options.tls is not None and options.url is None:
-        problems.append(
-            "TLS options need --url https://HOST:PORT of a server that speaks TLS (the local "
-            "stack this run would start listens in plain text on 127.0.0.1)"
-        )
-    if options.url is not None and options.tls is not None:
-        scheme = options.url.strip().split("://", 1)[0].lower() if "://" in options.url else ""
-        if scheme in ("http", "grpc"):
-            problems.append(
-                f"--url {options.url} asks for a plain connection but TLS options were given: "
-                f"write https:// for TLS, or drop --ssl and the certificate options"
-            )
+    problems += security_problems(options)
     if options.report is not None and options.report.suffix.lower() not in (".json", ".csv"):
         problems.append(f"--report must end in .json or .csv, not '{options.report.name}'")
     return problems

@@ -135,3 +135,11 @@ def test_serve_refuses_half_or_unreadable_tls_before_starting(tmp_path: Path):
     assert code == 2 and "cannot read it" in message
     code, message = _serve("--tls-cert", str(cert), "--tls-key", str(cert), "--no-envoy")
     assert code == 2 and "--no-envoy" in message
+
+
+def test_bench_refuses_tls_without_a_server_address(capsys):
+    from flowerdemo.__main__ import main as flowerdemo_main
+
+    code = flowerdemo_main(["bench", "--ssl"])
+    assert code == 2
+    assert "TLS options need --url https://" in capsys.readouterr().err

@@ -129,3 +129,20 @@ def test_the_command_line_names_the_problem_without_a_traceback(tls_stack, certi
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "not trusted" in result.stderr
+
+
+def test_bench_measures_through_tls(tls_stack, certificates, tmp_path):
+    (cert, _), _ = certificates
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "flowerdemo", "bench", "--url", f"https://{tls_stack.grpc_url}",
+            "--root-certificates", str(cert), "-H", "x-booth: 7", "--concurrency-range", "2",
+            "--window", "0.5", "--max-windows", "3", "--output-dir", str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert any(tmp_path.glob("*.csv"))
