@@ -51,12 +51,14 @@ def state_dir() -> Path:
     candidates.append(Path(tempfile.gettempdir()) / f"flowerdemo-{os.getuid()}")
     for folder in candidates:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Not a folder someone else made for us (the temporary directory is shared).
+            owned = not folder.is_symlink() and folder.stat().st_uid == os.getuid()
         except OSError:
             continue
-        if os.access(folder, os.W_OK):
+        if owned and os.access(folder, os.W_OK):
             return folder
-    return Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix="flowerdemo-"))
 
 
 def write_log(name: str, text: str) -> Path | None:
