@@ -77,9 +77,10 @@ def _dispatch(arguments: list[str]) -> int:
         return run_headless(options)
     # Before Qt loads: a missing system library or display is explained, not left to Qt's abort.
     from flowerdemo.display_check import prepare_display
+    from flowerdemo.guard import EXIT_NOT_RUN
 
     if not prepare_display():
-        return 2
+        return EXIT_NOT_RUN
     from flowerdemo.ui.app import run_app
 
     return run_app(options)
