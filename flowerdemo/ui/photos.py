@@ -2,8 +2,8 @@
 or photos and folders dropped onto the grid.
 
 The sources are scanned and decoded off the GUI thread (`core.images.scan_image_paths` and
-`iter_loaded`: reduced copies, bounded memory), and reach the grid in small batches, so the
-tiles appear as the photos load. The window classifies the new set once it is complete
+`iter_loaded`: reduced copies, bounded memory), and reach the grid in small batches, in name
+order, so the tiles appear as the photos load. The window classifies the new set once it is complete
 (`MainWindow.load_photo_sources`).
 """
 
@@ -49,21 +49,40 @@ class PhotoStream:
         self.sources = tuple(sources)
         self._labels = tuple(labels)
         self._loaded: Iterator[FlowerImage | ImageProblem] | None = None
+        self._ordered: Iterator[FlowerImage | ImageProblem] | None = None
+        self._position: dict[Path, int] = {}
+        self._waiting: dict[int, FlowerImage | ImageProblem] = {}
+        self._next = 0
 
     def scan(self) -> tuple[int, list[ImageProblem]]:
         """How many image files the sources hold, and the entries skipped while looking."""
         paths, problems = scan_image_paths(self.sources)
+        self._position = {path: index for index, path in enumerate(paths)}
+        self._waiting, self._next, self._ordered = {}, 0, None
         self._loaded = iter_loaded(paths, labels=self._labels)
         return len(paths), problems
 
+    def _in_order(self) -> Iterator[FlowerImage | ImageProblem]:
+        """The decoded photos in the order of their paths (the workers finish them in any
+        order): each is held only until the ones before it are done, a few at most."""
+        assert self._loaded is not None
+        for item in self._loaded:
+            self._waiting[self._position[item.path]] = item
+            while self._next in self._waiting:
+                yield self._waiting.pop(self._next)
+                self._next += 1
+
     def next_batch(self) -> PhotoBatch | None:
-        """The next few photos (and problems) as they finish decoding; None when all are done."""
+        """The next few photos (and problems), in name order as they finish decoding; None when
+        all are done."""
         if self._loaded is None:
             return None
         images: list[FlowerImage] = []
         problems: list[ImageProblem] = []
         deadline = time.monotonic() + BATCH_WAIT_S
-        for item in self._loaded:
+        if self._ordered is None:
+            self._ordered = self._in_order()
+        for item in self._ordered:
             if isinstance(item, FlowerImage):
                 images.append(item)
             else:
@@ -78,9 +97,11 @@ class PhotoStream:
 
     def close(self) -> None:
         """Stop decoding what has not started (the iterator's pool shuts down)."""
-        loaded, self._loaded = self._loaded, None
-        if loaded is not None and hasattr(loaded, "close"):
-            loaded.close()
+        ordered, loaded = self._ordered, self._loaded
+        self._ordered, self._loaded = None, None
+        for iterator in (ordered, loaded):
+            if iterator is not None and hasattr(iterator, "close"):
+                iterator.close()
 
 
 def local_paths(mime: QMimeData) -> list[Path]:
