@@ -143,3 +143,25 @@ def test_bench_refuses_tls_without_a_server_address(capsys):
     code = flowerdemo_main(["bench", "--ssl"])
     assert code == 2
     assert "TLS options need --url https://" in capsys.readouterr().err
+
+
+def test_kubernetes_files_say_how_to_create_the_tls_secret(tmp_path: Path):
+    from flowerdemo.serving.deploy import write_compose, write_kubernetes
+
+    plan = DeploymentPlan(
+        model_name="flowers",
+        repository=Path("repository-onnx"),
+        envoy_config=Path("envoy.yaml"),
+        instances=make_instances(1, ("cpu",)),
+        repository_flavour="onnx",
+    )
+    write_kubernetes(tmp_path / "k8s", plan, tls=True)
+    text = (tmp_path / "k8s" / "kustomization.yaml").read_text()
+    assert f"kubectl create secret tls {K8S_TLS_SECRET}" in text
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    write_compose(tmp_path / "compose", plan, tls_files=(cert, key))
+    compose = (tmp_path / "compose" / "compose.yaml").read_text()
+    assert f"{cert}:/etc/envoy/tls/tls.crt:ro" in compose
+    assert (
+        "envoy.transport_sockets.tls" in (tmp_path / "compose" / "envoy-compose.yaml").read_text()
+    )

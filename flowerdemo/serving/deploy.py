@@ -603,7 +603,16 @@ def write_kubernetes(
     written.append(
         _write(
             dest / "kustomization.yaml",
-            dump_yaml([kustomization], "Apply everything: kubectl apply -k <this folder>"),
+            dump_yaml(
+                [kustomization],
+                "Apply everything: kubectl apply -k <this folder>"
+                + (
+                    f"\nFirst, Envoy's TLS certificate: kubectl create secret tls "
+                    f"{K8S_TLS_SECRET} --cert=CERT.pem --key=KEY.pem"
+                    if tls
+                    else ""
+                ),
+            ),
         )
     )
     written.append(
