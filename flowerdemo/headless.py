@@ -63,6 +63,11 @@ def run_headless(
     try:
         return asyncio.run(_run(options, out or sys.stdout, err or sys.stderr, stack_settings))
     except KeyboardInterrupt:
+        # Only before the run: once it runs, Ctrl+C and SIGTERM end it with its summary.
+        print(
+            "flowerdemo: interrupted before the run started; nothing was sent",
+            file=err or sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flowerdemo.guard import EXIT_NOT_RUN, EXIT_OK
+from flowerdemo.guard import EXIT_INTERRUPTED, EXIT_NOT_RUN, EXIT_OK
 from tests.test_cli_inputs import REPO, run_flowerdemo
 
 
@@ -201,3 +201,58 @@ def test_non_utf8_photo_names_are_classified_under_a_strict_locale(local_stack, 
     assert result.returncode == EXIT_OK, result.stderr
     assert "rose-\ufffdt\ufffd.jpg:" in result.stdout
     assert json.loads(report.read_text())["statistics"]["answered"] == 1
+
+
+HEADLESS_ON_OWN_STACK = """
+import sys
+from flowerdemo.guard import guarded, sigterm_as_sigint
+from flowerdemo.headless import run_headless
+from flowerdemo.options import RunOptions
+from flowerdemo.serving.stack import StackSettings
+base, envoy = int(sys.argv[1]), int(sys.argv[2])
+settings = StackSettings(
+    instances=1, base_port=base, listen=f"127.0.0.1:{envoy}",
+    http_listen=f"127.0.0.1:{envoy + 1}", admin_listen=f"127.0.0.1:{envoy + 2}",
+)
+with sigterm_as_sigint():
+    run = lambda: run_headless(RunOptions(url=None, headless=True), stack_settings=settings)
+    sys.exit(guarded("flowerdemo", run))
+"""
+
+
+def _servers_on(port: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(port) in command and ("tritonserver" in command or "envoy" in command):
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_while_the_embedded_stack_starts_leaves_no_server(stack_settings, tmp_path):
+    # `docker stop` of a booth container that is still starting its servers.
+    settings = stack_settings(1)
+    envoy = int(settings.listen.rsplit(":", 1)[1])
+    child = subprocess.Popen(
+        [sys.executable, "-c", HEADLESS_ON_OWN_STACK, str(settings.base_port), str(envoy)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO), XDG_STATE_HOME=str(tmp_path)),
+    )
+    assert child.stderr is not None
+    wait_for_line(child.stderr, "Starting the local stack")
+    deadline = time.monotonic() + 30
+    while not _servers_on(settings.base_port + 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _servers_on(settings.base_port + 1), "Triton never started"
+    child.send_signal(signal.SIGTERM)
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == EXIT_INTERRUPTED, err
+    assert "interrupted before the run started" in err and "Traceback" not in err
+    time.sleep(1)
+    assert _servers_on(settings.base_port + 1) == []
