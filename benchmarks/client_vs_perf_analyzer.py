@@ -60,6 +60,8 @@ class ClientRun:
     p90_ms: float
     cpu_ms_per_request: float
     requests_sampled: int
+    server_batch: float = math.nan
+    """Requests per model execution at the server while this client ran (dynamic batching)."""
 
 
 def write_fast_model(folder: Path) -> Path:
@@ -109,26 +111,33 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def server_counts(http_url: str, model: str) -> tuple[int, int]:
-    """(answered requests, total compute-infer ns) of `model` from Triton's statistics."""
+def server_counts(http_url: str, model: str) -> tuple[int, int, int]:
+    """(answered requests, total compute-infer ns, model executions) of `model` from Triton's
+    statistics."""
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=2) as reply:
-        stats = json.loads(reply.read())["model_stats"][0]["inference_stats"]
-    return int(stats["success"]["count"]), int(stats["compute_infer"]["ns"])
+        model_stats = json.loads(reply.read())["model_stats"][0]
+    stats = model_stats["inference_stats"]
+    return (
+        int(stats["success"]["count"]),
+        int(stats["compute_infer"]["ns"]),
+        int(model_stats.get("execution_count", 0)),
+    )
 
 
 def run_sampled(
     command: list[str], env: dict[str, str], http_url: str, model: str
-) -> tuple[str, float, int]:
-    """Run `command`, sampling its CPU and the server's answered count; its stdout, the CPU
-    seconds per answered request over the time the load ran, and the requests in that time."""
-    samples: list[tuple[float, int]] = []
+) -> tuple[str, float, int, float]:
+    """Run `command`, sampling its CPU and the server's counts; its stdout, the CPU seconds per
+    answered request over the time the load ran, the requests in that time, and the requests per
+    model execution (how well the server could batch what this client sent)."""
+    samples: list[tuple[float, int, int]] = []
     with tempfile.TemporaryFile("w+") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
         while process.poll() is None:
             cpu = process_cpu_s(process.pid)
-            count, _ = server_counts(http_url, model)
+            count, _, executions = server_counts(http_url, model)
             if cpu is not None:
-                samples.append((cpu, count))
+                samples.append((cpu, count, executions))
             time.sleep(SAMPLE_INTERVAL_S)
         stderr = process.stderr.read() if process.stderr else ""
         out.seek(0)
@@ -138,11 +147,17 @@ def run_sampled(
     start_count = samples[0][1]
     loaded = [k for k in range(1, len(samples)) if samples[k][1] > samples[k - 1][1]]
     if len(loaded) < 2 or samples[loaded[-1]][1] <= start_count:
-        return stdout, math.nan, 0
+        return stdout, math.nan, 0, math.nan
     first, last = loaded[0], loaded[-1]
     requests = samples[last][1] - samples[first][1]
     cpu = samples[last][0] - samples[first][0]
-    return stdout, (cpu / requests if requests else math.nan), requests
+    executions = samples[last][2] - samples[first][2]
+    return (
+        stdout,
+        cpu / requests if requests else math.nan,
+        requests,
+        requests / executions if executions else math.nan,
+    )
 
 
 def measure_ours(
@@ -161,9 +176,11 @@ def measure_ours(
     env = dict(os.environ)
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
-    stdout, cpu, requests = run_sampled(command, env, http_url, model)
+    stdout, cpu, requests, batch = run_sampled(command, env, http_url, model)
     step = json.loads(stdout.strip().splitlines()[-1])
-    return ClientRun(step["images_per_s"], step["p50_ms"], step["p90_ms"], cpu * 1000, requests)
+    return ClientRun(
+        step["images_per_s"], step["p50_ms"], step["p90_ms"], cpu * 1000, requests, batch
+    )
 
 
 def measure_perf_analyzer(
@@ -184,12 +201,12 @@ def measure_perf_analyzer(
                 stability_percent=int(args.stability_percentage),
             )
             try:
-                _, cpu, requests = run_sampled(command, env, http_url, model)
+                _, cpu, requests, batch = run_sampled(command, env, http_url, model)
             except RuntimeError as error:
                 print(f"  {error}".rstrip(), file=sys.stderr)
                 continue
             (row,) = read_perf_analyzer_rows(report)
-        return ClientRun(row.images_per_s, row.p50_ms, row.p90_ms, cpu * 1000, requests)
+        return ClientRun(row.images_per_s, row.p50_ms, row.p90_ms, cpu * 1000, requests, batch)
     return ClientRun(math.nan, math.nan, math.nan, math.nan, 0)
 
 
@@ -252,7 +269,7 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
                 f"({load_text()})",
                 file=sys.stderr,
             )
-        count, infer_ns = server_counts(http_url, model)
+        count, infer_ns, _ = server_counts(http_url, model)
     lines.append(
         f"server compute per request (Triton statistics, whole run): "
         f"{infer_ns / max(count, 1) / 1e6:.2f} ms; {load_text()} at the end"
@@ -265,8 +282,8 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
             f"{title}:",
             "",
             "| conc | ours img/s | PA img/s | ratio | ours p50 ms | PA p50 ms | p50 diff ms "
-            "| ours CPU ms/req | PA CPU ms/req | CPU ratio |",
-            "|" + "---|" * 10,
+            "| ours CPU ms/req | PA CPU ms/req | CPU ratio | server batch ours / PA |",
+            "|" + "---|" * 11,
         ]
         for row in rows:
             concurrency, ours, theirs = row[0], row[pick], row[3]
@@ -276,7 +293,8 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
                 f"| {ours.images_per_s / theirs.images_per_s:.3f} | {ours.p50_ms:.3f} "
                 f"| {theirs.p50_ms:.3f} | {ours.p50_ms - theirs.p50_ms:+.3f} "
                 f"| {ours.cpu_ms_per_request:.3f} | {theirs.cpu_ms_per_request:.3f} "
-                f"| {ours.cpu_ms_per_request / theirs.cpu_ms_per_request:.2f} |"
+                f"| {ours.cpu_ms_per_request / theirs.cpu_ms_per_request:.2f} "
+                f"| {ours.server_batch:.2f} / {theirs.server_batch:.2f} |"
             )
         lines.append("")
     lines.append("")
