@@ -9,7 +9,7 @@ from pathlib import Path
 
 import resnet50_model
 
-from gpubench.machine import Deadline, free_port_block
+from gpubench.machine import Deadline
 
 HERE = Path(__file__).resolve().parent.parent
 ROOT = HERE.parent.parent
@@ -269,6 +269,8 @@ def build_plan(args: argparse.Namespace, home: Path) -> Plan:
         args.admin_listen,
     )
     if args.cpu and args.base_port == 8000:
+        from flowerdemo.serving.ports import free_port_block
+
         first = free_port_block(3 + 3)
         listen, http_listen, admin = (f"127.0.0.1:{first + k}" for k in range(3))
         base_port = first + 3

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -34,25 +32,6 @@ def run_text(command: Sequence[str], timeout: float = 30, **kwargs: Any) -> str:
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"({' '.join(command)}: {error})"
     return str(result.stdout + result.stderr).strip()
-
-
-def free_port_block(span: int) -> int:
-    """The first of `span` consecutive free ports on 127.0.0.1 (for --cpu runs beside others)."""
-    chooser = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(500):
-        first = chooser.randrange(20000, 32000 - span)
-        ok = True
-        for port in range(first, first + span):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 class Deadline:
