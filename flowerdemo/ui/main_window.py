@@ -35,7 +35,13 @@ from PySide6.QtWidgets import (
 from flowerdemo.core.autoscale import AutoscalePolicy, ScaleDecision
 from flowerdemo.core.engine import EngineSettings, TransportName
 from flowerdemo.core.events import ErrorKind, InferenceEvent
-from flowerdemo.core.images import FlowerImage, ImageSet, NoImagesError, load_images
+from flowerdemo.core.images import (
+    FlowerImage,
+    ImageProblem,
+    ImageSet,
+    display_path,
+    load_images,
+)
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.options import RunOptions
 from flowerdemo.ui.async_slots import async_slot
@@ -356,20 +362,37 @@ class MainWindow(QMainWindow):
             self._on_problem("warning", f"Labels file unreadable, no ground truth shown: {error}")
             self._class_names = ()
         self._overlay_text("Loading photos…")
-        try:
-            loaded = await asyncio.to_thread(load_photos, options.images_dir, self._class_names)
-        except NoImagesError as error:
+        folder = options.images_dir
+        # The tiles appear as the photos decode, in name order (a large folder is not a long
+        # wait behind "Loading photos…").
+        stream = PhotoStream([folder], self._class_names)
+        images: list[FlowerImage] = []
+        problems: list[ImageProblem] = []
+        if folder.is_dir():
+            _total, problems = await asyncio.to_thread(stream.scan)
+            while (batch := await asyncio.to_thread(stream.next_batch)) is not None:
+                images.extend(batch.images)
+                problems.extend(batch.problems)
+                self.grid.add_photos(batch.tiles)
+                self._overlay_text(None)
+        if not images:
+            if not folder.exists():
+                reason = f"image folder {display_path(folder)} does not exist"
+            elif not folder.is_dir():
+                reason = f"{display_path(folder)} is not a folder"
+            else:
+                details = "; ".join(str(p) for p in problems[:5]) or "the folder is empty"
+                reason = f"no readable image in {display_path(folder)} ({details})"
             self._on_problem(
-                "error", f"No photos to show: {error}. Choose a folder with --images DIR."
+                "error", f"No photos to show: {reason}. Choose a folder with --images DIR."
             )
             self._overlay_text("No photos")
             return False
-        self._images = loaded.images
-        self.grid.set_photos(loaded.tiles)
-        self.task.set_images([image.image for image in loaded.images])
-        self._report_skipped(loaded.problems, str(options.images_dir))
+        self._images = tuple(images)
+        self.task.set_images([image.image for image in images])
+        self._report_skipped(problems, str(folder))
         where = f"from {options.images}" if options.images else "(the bundled samples)"
-        self.log_panel.add(Severity.INFO, f"{len(loaded.images)} photos {where}")
+        self.log_panel.add(Severity.INFO, f"{len(images)} photos {where}")
         self._overlay_text(None)
         return True
 
