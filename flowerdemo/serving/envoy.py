@@ -264,9 +264,9 @@ def _replace_atomically(path: Path, text: str) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            # No fsync: readers need the rename's atomicity, not durability across a crash (the
+            # stack rewrites the files when it starts), and the supervisor must not wait on disks.
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         Path(temporary).replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -228,9 +228,12 @@ class TritonInstance:
     def ready_url(self) -> str:
         return f"http://{self.plan.http_address}/v2/health/ready"
 
-    def check_started(self, probe_timeout: float = 0.5) -> Literal["starting", "ready", "failed"]:
+    def check_started(
+        self, probe_timeout: float = 0.5, *, ready: bool | None = None
+    ) -> Literal["starting", "ready", "failed"]:
         """One look at a starting instance: ready, still starting, or failed (it exited, or it
-        was not ready within the ready timeout; the message says which, with the log's cause)."""
+        was not ready within the ready timeout; the message says which, with the log's cause).
+        `ready`: the answer of a readiness probe made by the caller; None probes here."""
         code = self.exit_code()
         if code is not None:
             cause = summarize_triton_log(read_tail(self.log_path))
@@ -240,7 +243,9 @@ class TritonInstance:
                 + (f": {cause}" if cause else f" (see {self.log_path})"),
             )
             return "failed"
-        if http_ready(self.ready_url(), timeout=probe_timeout):
+        if ready is None:
+            ready = http_ready(self.ready_url(), timeout=probe_timeout)
+        if ready:
             self.set_state("ready", f"ready in {time.monotonic() - self.started_at:.1f} s")
             return "ready"
         if time.monotonic() - self.started_at > self.launch.ready_timeout_s:

@@ -263,11 +263,12 @@ class LocalStack:
 
     @property
     def target_instances(self) -> int:
-        """How many instances the stack is keeping up (wanted), whatever their state now."""
-        with self._lock:
-            if not self._members:
-                return len(self._plans)
-            return sum(1 for m in self._members if m.wanted)
+        """How many instances the stack is keeping up (wanted), whatever their state now.
+        Takes no lock (a window reads it on its own thread while the supervisor works)."""
+        members = list(self._members)
+        if not members:
+            return len(self._plans)
+        return sum(1 for m in members if m.wanted)
 
     def _plan(self, index: int) -> InstancePlan:
         with self._lock:
@@ -819,18 +820,28 @@ class LocalStack:
                 hosts = read_upstream_hosts(self.settings.admin_listen, 0.5)
             except AdminError:
                 hosts = None
+        # Readiness probes go over HTTP: made outside the lock, so states() never waits on them.
+        with self._lock:
+            starting = [
+                m.instance
+                for m in self._members
+                if m.instance.state == "starting" and m.envoy_check_since is None
+            ]
+        probed = {i.name: http_ready(i.ready_url(), timeout=0.2) for i in starting if i.alive()}
         with self._lock:
             if self._stopping.is_set():
                 return
             self._supervise_envoy()
             for member in list(self._members):
-                self._step(member, hosts)
+                self._step(member, hosts, probed)
 
     def _hosts_of(self, member: _Member, hosts: list[UpstreamHost] | None) -> list[UpstreamHost]:
         plan = member.instance.plan
         return [h for h in hosts or () if h.address in (plan.grpc_address, plan.http_address)]
 
-    def _step(self, member: _Member, hosts: list[UpstreamHost] | None) -> None:
+    def _step(
+        self, member: _Member, hosts: list[UpstreamHost] | None, probed: dict[str, bool]
+    ) -> None:
         instance = member.instance
         now = time.monotonic()
         state = instance.state
@@ -853,7 +864,7 @@ class LocalStack:
                 self._emit(instance.name, "ready", instance.message)
             return
         if state == "starting":
-            outcome = instance.check_started(probe_timeout=0.2)
+            outcome = instance.check_started(ready=probed.get(instance.name, False))
             if outcome == "ready":
                 member.ready_at = now
                 if member.wanted:
