@@ -701,7 +701,9 @@ class InferenceTask(QObject):
         self._closing = True
         self._set_state(TaskState.CLOSING)
         self._cancel_retry()
-        for task in (self._monitor, self._admin_watch, self._autoscale, self._server_stats):
+        # The statistics poller is stopped with the engine (_drop_engine), exactly once: a second
+        # cancel could interrupt it while it closes its gRPC clients.
+        for task in (self._monitor, self._admin_watch, self._autoscale):
             if task is not None and not task.done():
                 task.cancel()
         if self._stack_calls:
