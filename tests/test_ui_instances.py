@@ -167,7 +167,7 @@ def _state(panel, name: str) -> str | None:
 
 
 @pytest.mark.stack
-def test_add_kill_and_autoscale_from_the_window_change_the_real_stack(
+def test_add_kill_restart_and_autoscale_from_the_window_change_the_real_stack(
     qtbot, open_window, stack_settings
 ):
     stack = LocalStack(stack_settings(1))
@@ -200,6 +200,12 @@ def test_add_kill_and_autoscale_from_the_window_change_the_real_stack(
         qtbot.waitUntil(lambda: _state(panel, "triton-1") == "ready", timeout=60_000)
         assert panel.model.row_of("triton-1").restarts >= 1
         assert "killed" in window.log_panel.toPlainText().lower()
+
+        # Restart it from the panel: drained first (the other instance carries on), then back.
+        seen["triton-1"].clear()
+        qtbot.mouseClick(panel.restart_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "draining" in seen["triton-1"], timeout=10_000)
+        qtbot.waitUntil(lambda: _state(panel, "triton-1") == "ready", timeout=60_000)
 
         # Autoscale with a budget nothing can miss: one fewer instance fits, so one goes, and
         # the decision is logged with its reason and marked on the latency chart.
