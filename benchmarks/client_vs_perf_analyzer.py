@@ -45,9 +45,6 @@ from perf_analyzer_runner import (
     read_perf_analyzer_rows,
 )
 
-from flowerdemo.serving.ports import free_port_block
-from flowerdemo.serving.stack import LocalStack, StackSettings
-
 SAMPLE_INTERVAL_S = 0.2
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FAST_MODEL_CLASSES = 102
@@ -248,6 +245,11 @@ def load_text() -> str:
 
 
 def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) -> list[str]:
+    # Imported here, not at the top: the child process (perhaps an older checkout, see
+    # --baseline) needs only the engine.
+    from flowerdemo.serving.ports import free_port_block
+    from flowerdemo.serving.stack import LocalStack, StackSettings
+
     settings = StackSettings(
         instances=1, with_envoy=False, model=model_dir, base_port=free_port_block(3)
     )
