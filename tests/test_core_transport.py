@@ -229,3 +229,26 @@ def test_numeric_tensors_are_little_endian_row_major():
     assert raw == data.astype("<f2").tobytes()
     assert np.array_equal(decode_output(raw, "FP16", [1, 2, 3]), data)
     assert tensor_bytes(np.array([[1, 2]], dtype=np.uint8), "UINT8") == b"\x01\x02"
+
+
+async def test_encoded_requests_are_reused_up_to_a_memory_bound(photos, monkeypatch):
+    import flowerdemo.core.engine as engine_module
+
+    prepared: list[tuple[int, ...]] = []
+
+    class CountingFake(FakeTransport):
+        def prepare(self, request):
+            prepared.append(request.data.shape)
+            return super().prepare(request)
+
+    fake = CountingFake()
+    one_request = 3 * 32 * 32 * 4  # FP32 bytes of one photo in the fake model
+    monkeypatch.setattr(engine_module, "MAX_PREPARED_BYTES", 2 * one_request)
+    engine = _engine(fake, photos)
+    await engine.connect()
+    try:
+        await engine.run_automatic(1, max_requests=2 * len(photos))
+    finally:
+        await engine.close()
+    # The first two photos are kept; the other four are encoded again on the second round.
+    assert len(prepared) == len(photos) + (len(photos) - 2)

@@ -70,6 +70,9 @@ DEFAULT_HTTP_URL = "127.0.0.1:50051"
 
 EventSink = Callable[[InferenceEvent], None]
 
+MAX_PREPARED_BYTES = 256 * 1024 * 1024
+"""Encoded requests kept for reuse (about 440 FP32 224x224 photos)."""
+
 FAILURE_BACKOFF_S = 0.05
 MAX_FAILURE_BACKOFF_S = 1.0
 SendSink = Callable[[int, tuple[int, ...]], None]
@@ -202,6 +205,7 @@ class InferenceEngine:
         self._spec: ModelSpec | None = None
         self._cache: TensorCache | None = None
         self._prepared: dict[tuple[int, ...], PreparedRequest] = {}
+        self._prepared_bytes = 0
         self._request_ids = itertools.count(1)
         self._requests: set[asyncio.Task[InferenceEvent]] = set()
         self._in_flight = 0
@@ -337,7 +341,7 @@ class InferenceEngine:
             await self._close_transport()
             raise
         await asyncio.to_thread(cache.prepare_all)
-        self._spec, self._cache, self._prepared = spec, cache, {}
+        self._spec, self._cache, self._prepared, self._prepared_bytes = spec, cache, {}, 0
         return spec
 
     def _check_settings_against(self, spec: ModelSpec) -> None:
@@ -441,7 +445,7 @@ class InferenceEngine:
                 sent_at,
                 time.monotonic(),
                 error=classify_error(error),
-                instance=getattr(error, "instance", UNKNOWN_INSTANCE),
+                instance=error.instance if isinstance(error, TransportError) else UNKNOWN_INSTANCE,
             )
         self._in_flight -= 1
         self._emit(event)
@@ -465,8 +469,11 @@ class InferenceEngine:
                     class_count=self.settings.topk if spec.has_labels else 0,
                 )
             )
-            if len(self._prepared) < 1024:
+            # Kept up to a memory bound (a folder of 1,000 photos would otherwise hold a second
+            # copy of every tensor); past it, each further batch is encoded per request.
+            if self._prepared_bytes + len(prepared.payload) <= MAX_PREPARED_BYTES:
                 self._prepared[indices] = prepared
+                self._prepared_bytes += len(prepared.payload)
         return prepared
 
     def _answered(
