@@ -638,10 +638,11 @@ class FakeCall:
 class FakeTransport:
     """A server in memory, for engine tests that need no real one (the test says so).
 
-    `answer(request, call_number)` gives the output (default: `rising_scores`); `delay_s` holds every call that long (a
-    call whose delay passes its deadline fails as DEADLINE, as a real one would); `failures`
-    maps a call's number to the ErrorKind it fails with (RESPONSE returns a malformed answer);
-    answers are attributed to `instances` in turn (none: UNKNOWN_INSTANCE).
+    `answer(request, call_number)` gives the output (default: `rising_scores`); `delay_s` holds
+    every call that long (a call whose delay passes its deadline fails as DEADLINE, as a real
+    one would); `failures` maps a call's number to the ErrorKind it fails with (RESPONSE
+    returns a malformed answer); answers are attributed to `instances` in turn (none:
+    UNKNOWN_INSTANCE). `calls`, `outstanding` and `max_outstanding` record what was sent.
     """
 
     metadata: dict[str, Any] = field(default_factory=lambda: fake_classifier()[0])
@@ -712,6 +713,7 @@ class FakeTransport:
 TransportFactory = Callable[
     [TransportName, str, "TlsOptions | None", Sequence[tuple[str, str]]], Transport
 ]
+"""(protocol, HOST:PORT, TLS, headers) -> a Transport: how the engine makes its connection."""
 
 
 def make_transport(
