@@ -19,6 +19,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import (
     QFrame,
+    QGraphicsItem,
     QGridLayout,
     QLabel,
     QSizePolicy,
@@ -201,7 +202,12 @@ class LivePanel(QWidget):
         plot.setLabel("bottom", "seconds ago")
         plot.setMinimumHeight(120)
         for axis in ("left", "bottom"):
-            plot.getAxis(axis).setTextPen("#cfcfcf")
+            item = plot.getAxis(axis)
+            item.setTextPen("#cfcfcf")
+            # An axis (its labels and the grid it draws) changes only with its range, yet was
+            # replayed on every refresh: cached as a pixmap, the panel's refresh costs the GUI
+            # thread about half as much (offscreen, 3 charts: 7.3 -> 3.9 ms of thread time).
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         return plot
 
     # -- state --------------------------------------------------------------------------
