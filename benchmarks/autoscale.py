@@ -226,8 +226,9 @@ def main() -> int:
         f"Machine: {os.cpu_count()} cores ({platform.machine()}), {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}, no GPU; CPU instances of "
         "the bundled model behind Envoy, one stack on this machine. Load average (1 min) "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after: the machine was shared "
-        "with other work while this ran; re-run on a quiet machine for clean figures.",
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (this run's own stack and "
+        f"client count in it; more than about {os.cpu_count()} means other work shared the "
+        "machine, and every figure is then a lower bound).",
         "",
         "The p90 is the controller's own view: the 90th percentile of the answers of the last "
         f"{AUTOSCALE_WINDOW_S:g} s, sampled every {SAMPLE_INTERVAL_S:g} s.",
