@@ -46,6 +46,7 @@ from flowerdemo.serving.stack import (
     StackError,
     StackEvent,
     StackSettings,
+    envoy_settings_for,
     resolve_model,
 )
 from flowerdemo.serving.triton import (
@@ -570,17 +571,7 @@ def write_print_config(
     )
     written += [local_repo.model_dir, onnx_repo.model_dir, trt_repo.model_dir]
 
-    envoy_settings = envoy_config.EnvoySettings(
-        grpc_upstreams=tuple(i.grpc_address for i in instances),
-        http_upstreams=tuple(i.http_address for i in instances),
-        instance_names=tuple(i.name for i in instances),
-        listen=settings.listen,
-        http_listen=settings.http_listen,
-        admin_listen=settings.admin_listen,
-        lb_policy=settings.lb_policy,
-        tls_certificate=str(Path(settings.tls_cert).resolve()) if settings.tls_cert else None,
-        tls_private_key=str(Path(settings.tls_key).resolve()) if settings.tls_key else None,
-    )
+    envoy_settings = envoy_settings_for(settings, instances)
     envoy_path = envoy_config.write_config(envoy_settings, dest / "envoy.yaml")
     written.append(envoy_path)
 

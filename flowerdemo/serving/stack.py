@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -177,6 +177,28 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def envoy_settings_for(
+    settings: StackSettings,
+    instances: Sequence[InstancePlan],
+    *,
+    endpoints_dir: Path | None = None,
+) -> envoy_config.EnvoySettings:
+    """The Envoy in front of these instances, as the stack's settings ask for it: the running
+    stack (endpoints from files in `endpoints_dir`) and `serve --print-config` share it."""
+    return envoy_config.EnvoySettings(
+        grpc_upstreams=tuple(i.grpc_address for i in instances),
+        http_upstreams=tuple(i.http_address for i in instances),
+        instance_names=tuple(i.name for i in instances),
+        listen=settings.listen,
+        http_listen=settings.http_listen,
+        admin_listen=settings.admin_listen,
+        lb_policy=settings.lb_policy,
+        endpoints_dir=endpoints_dir,
+        tls_certificate=str(Path(settings.tls_cert).resolve()) if settings.tls_cert else None,
+        tls_private_key=str(Path(settings.tls_key).resolve()) if settings.tls_key else None,
+    )
 
 
 class LocalStack:
@@ -481,18 +503,7 @@ class LocalStack:
         self._publish()
         published = [m.instance.plan for m in self._members if m.published]
         try:
-            config = envoy_config.EnvoySettings(
-                grpc_upstreams=tuple(p.grpc_address for p in published),
-                http_upstreams=tuple(p.http_address for p in published),
-                instance_names=tuple(p.name for p in published),
-                listen=s.listen,
-                http_listen=s.http_listen,
-                admin_listen=s.admin_listen,
-                lb_policy=s.lb_policy,
-                endpoints_dir=self._endpoints.directory,
-                tls_certificate=str(Path(s.tls_cert).resolve()) if s.tls_cert else None,
-                tls_private_key=str(Path(s.tls_key).resolve()) if s.tls_key else None,
-            )
+            config = envoy_settings_for(s, published, endpoints_dir=self._endpoints.directory)
             config_path = envoy_config.write_config(config, self._workdir / "envoy.yaml")
         except envoy_config.EnvoyConfigError as error:
             raise StackError(f"envoy: {error}") from error
