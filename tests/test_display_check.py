@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,59 @@ def test_a_chosen_wayland_without_a_compositor_falls_back_to_xcb(x_display, tmp_
         timeout=60,
     )
     assert bare.returncode != 0
+
+
+def test_a_display_that_goes_away_under_the_window_is_said_plainly(tmp_path) -> None:
+    """A booth's forwarded X display can vanish while the app runs (the host logs out): the
+    app says what happened in one line and exits 1, with no traceback."""
+    if not _xcb_libraries_complete():
+        pytest.skip("Qt's xcb platform lacks system libraries here")
+    if shutil.which("Xvfb") is None or shutil.which("xwininfo") is None:
+        pytest.skip("Xvfb or xwininfo not found (apt xvfb x11-utils)")
+    sys.path.insert(0, str(REPO / "packaging"))
+    try:
+        import xvfb_smoke
+    finally:
+        sys.path.remove(str(REPO / "packaging"))
+    server, display = xvfb_smoke.start_xvfb("800x600x24")
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "xcb",
+        "DISPLAY": display,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    # A server address nobody answers: the window opens and keeps retrying, no stack to start.
+    app = subprocess.Popen(
+        [sys.executable, "-m", "flowerdemo", "--url", "127.0.0.1:9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # Wait until the window is mapped on that display (x11-utils' xwininfo lists it).
+        def window_shown() -> bool:
+            tree = subprocess.run(
+                ["xwininfo", "-root", "-tree"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=10,
+            )
+            return "flowerdemo" in tree.stdout.lower()
+
+        deadline = time.monotonic() + 60
+        while app.poll() is None and not window_shown() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert app.poll() is None, app.stderr.read() if app.stderr else ""
+        xvfb_smoke.stop(server)
+        _, stderr = app.communicate(timeout=60)
+    finally:
+        xvfb_smoke.stop(server)
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert "Traceback" not in stderr
+    assert app.returncode == 1, stderr
+    assert "connection to the display was lost" in stderr

@@ -21,6 +21,8 @@ from flowerdemo.resources import assets_dir
 ORGANIZATION = "flowerdemo"
 APPLICATION = "flowerdemo"
 DESKTOP_FILE = "org.flowerdemo.FlowerDemo"
+DISPLAY_LOST_EXIT = 1
+"""The exit status when the display goes away under the window: the run ended early."""
 
 log = logging.getLogger("flowerdemo.ui")
 
@@ -165,5 +167,19 @@ def run_app(options: RunOptions) -> int:
     # The window decides when the app ends: after its asynchronous shutdown, not when it hides.
     app.setQuitOnLastWindowClosed(False)
     log_unexpected_errors()
-    result: int = qasync.run(_run_window(options))
+    try:
+        result: int = qasync.run(_run_window(options))
+    except RuntimeError as error:
+        # Qt ends its event loop on its own only when the display connection breaks (an X server
+        # or a forwarded booth display going away): the window is gone, so say so plainly. The
+        # local stack's watchdog stops its servers once this process exits.
+        if "Event loop stopped before Future completed" not in str(error):
+            raise
+        print(
+            "flowerdemo: the connection to the display was lost (the X server or Wayland "
+            "compositor went away), so the window closed; a local stack this app started is "
+            "stopped as it exits.",
+            file=sys.stderr,
+        )
+        return DISPLAY_LOST_EXIT
     return result
