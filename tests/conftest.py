@@ -22,6 +22,7 @@ Models and the local stack
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.stack)
         if used & GUI_FIXTURES:
             item.add_marker(pytest.mark.gui)
+
+
+@pytest.fixture(autouse=True)
+def _cycles_freed_on_the_main_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """As in the app (flowerdemo/ui/gui_collector.py): while a GUI test runs, Python's cyclic
+    collector never runs on its own, so a worker thread (photo decoding, gRPC, a stack's
+    supervisor) cannot free a Qt object left in a reference cycle; the test's cycles are
+    collected here, on the main thread, before and after it."""
+    if request.node.get_closest_marker("gui") is None:
+        yield
+        return
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if enabled:
+            gc.enable()
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication
 
 from flowerdemo.options import RunOptions
 from flowerdemo.resources import assets_dir
+from flowerdemo.ui.gui_collector import GuiThreadCollector
 
 ORGANIZATION = "flowerdemo"
 APPLICATION = "flowerdemo"
@@ -167,6 +168,9 @@ def run_app(options: RunOptions) -> int:
     # The window decides when the app ends: after its asynchronous shutdown, not when it hides.
     app.setQuitOnLastWindowClosed(False)
     log_unexpected_errors()
+    # Qt objects in reference cycles must be freed on the GUI thread (gui_collector says why).
+    collector = GuiThreadCollector(app)
+    collector.start()
     try:
         result: int = qasync.run(_run_window(options))
     except RuntimeError as error:
