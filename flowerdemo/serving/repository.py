@@ -309,24 +309,12 @@ def render_config(
         input_type, image_format, input_dims, variant_parameters = _variant_input(
             info, options, wire
         )
-    lines += [
-        "input [",
-        "  {",
-        f'    name: "{info.input.name}"',
-        f"    data_type: {input_type}",
-        f"    format: {image_format}",
-        f"    dims: {_dims(input_dims)}",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        f'    name: "{info.output.name}"',
-        f"    data_type: {info.output.data_type}",
-        f"    dims: {_dims(info.output.dims)}",
-        f'    label_filename: "{LABELS_FILE_NAME}"',
-        "  }",
-        "]",
-    ]
+    lines += _tensor_block(
+        "input", info.input.name, input_type, input_dims, image_format=image_format
+    )
+    lines += _tensor_block(
+        "output", info.output.name, info.output.data_type, info.output.dims, labels=True
+    )
     if options.dynamic_batching and max_batch_size > 0:
         lines.append("dynamic_batching {")
         if options.preferred_batch_sizes:
@@ -374,16 +362,9 @@ def render_ensemble_configs(
     options.check()
     max_batch_size = options.max_batch_size if info.batched else 0
     input_type, image_format, input_dims, variant_parameters = _variant_input(info, options, wire)
-    variant_input = [
-        "input [",
-        "  {",
-        f'    name: "{info.input.name}"',
-        f"    data_type: {input_type}",
-        f"    format: {image_format}",
-        f"    dims: {_dims(input_dims)}",
-        "  }",
-        "]",
-    ]
+    variant_input = _tensor_block(
+        "input", info.input.name, input_type, input_dims, image_format=image_format
+    )
     scaling = _parameter(SCALING_PARAMETER, options.scaling)
     preprocess_name = preprocess_model_name(options.model_name, wire)
     preprocess = [
@@ -391,13 +372,7 @@ def render_ensemble_configs(
         'backend: "python"',
         f"max_batch_size: {max_batch_size}",
         *variant_input,
-        "output [",
-        "  {",
-        f'    name: "{PREPROCESSED_TENSOR}"',
-        f"    data_type: {info.input.data_type}",
-        f"    dims: {_dims(info.input.dims)}",
-        "  }",
-        "]",
+        *_tensor_block("output", PREPROCESSED_TENSOR, info.input.data_type, info.input.dims),
         # Decoding and scaling are CPU work, wherever the network runs.
         "instance_group [",
         "  {",
@@ -414,14 +389,9 @@ def render_ensemble_configs(
         'platform: "ensemble"',
         f"max_batch_size: {max_batch_size}",
         *variant_input,
-        "output [",
-        "  {",
-        f'    name: "{info.output.name}"',
-        f"    data_type: {info.output.data_type}",
-        f"    dims: {_dims(info.output.dims)}",
-        f'    label_filename: "{LABELS_FILE_NAME}"',
-        "  }",
-        "]",
+        *_tensor_block(
+            "output", info.output.name, info.output.data_type, info.output.dims, labels=True
+        ),
         "ensemble_scheduling {",
         "  step [",
         "    {",
@@ -442,6 +412,25 @@ def render_ensemble_configs(
         *[p for p in variant_parameters if "image_" in p],
     ]
     return "\n".join(preprocess) + "\n", "\n".join(ensemble) + "\n"
+
+
+def _tensor_block(
+    kind: str,
+    name: str,
+    data_type: str,
+    dims: tuple[int, ...],
+    *,
+    image_format: str | None = None,
+    labels: bool = False,
+) -> list[str]:
+    """One `input [...]` or `output [...]` block of a config.pbtxt (kind: "input" or "output")."""
+    lines = [f"{kind} [", "  {", f'    name: "{name}"', f"    data_type: {data_type}"]
+    if image_format is not None:
+        lines.append(f"    format: {image_format}")
+    lines.append(f"    dims: {_dims(dims)}")
+    if labels:
+        lines.append(f'    label_filename: "{LABELS_FILE_NAME}"')
+    return [*lines, "  }", "]"]
 
 
 def _parameter(key: str, value: str) -> str:
