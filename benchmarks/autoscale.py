@@ -34,7 +34,11 @@ from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, Scal
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.images import load_images
 from flowerdemo.core.stats import RunStatistics
-from flowerdemo.headless import AUTOSCALE_WINDOW_S, drive_autoscale
+from flowerdemo.headless import (
+    AUTOSCALE_WINDOW_S,
+    drive_autoscale,
+    record_autoscale_timeline,
+)
 from flowerdemo.plots import AutoscaleSample, plot_autoscale
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.ports import free_port_block
@@ -118,25 +122,13 @@ async def measure(
     def on_decision(decision: ScaleDecision) -> None:
         print(f"  {decision.at - started:6.1f} s  {decision.reason}", flush=True)
 
-    async def sample_forever() -> None:
-        while True:
-            await asyncio.sleep(SAMPLE_INTERVAL_S)
-            snapshot = statistics.snapshot()
-            states = await asyncio.to_thread(stack.states)
-            samples.append(
-                AutoscaleSample(
-                    t_s=time.monotonic() - started,
-                    concurrency=engine.concurrency,
-                    p90_ms=snapshot.window_verdict_s * 1000,
-                    ready=sum(1 for s in states if s.state == "ready"),
-                    target=stack.target_instances,
-                    images_per_s=snapshot.window_images_per_s,
-                )
-            )
-
     load = asyncio.ensure_future(engine.run_automatic(steps[0]))
     background = [
-        asyncio.ensure_future(sample_forever()),
+        asyncio.ensure_future(
+            record_autoscale_timeline(
+                stack, statistics, engine, started, samples, interval_s=SAMPLE_INTERVAL_S
+            )
+        ),
         asyncio.ensure_future(
             drive_autoscale(
                 stack,

@@ -36,6 +36,7 @@ from flowerdemo.guard import (
     stop_on_signals,
 )
 from flowerdemo.options import RunOptions
+from flowerdemo.plots import AutoscaleSample
 
 STATUS_INTERVAL_S = 0.5
 
@@ -212,6 +213,34 @@ async def drive_autoscale(
         except Exception as error:  # the stack says why; the run goes on with what it has
             if on_error is not None:
                 on_error(error)
+
+
+async def record_autoscale_timeline(
+    stack: Any,
+    statistics: RunStatistics,
+    engine: InferenceEngine,
+    started: float,
+    samples: list[AutoscaleSample],
+    *,
+    interval_s: float = 0.5,
+) -> None:
+    """Until cancelled: every `interval_s`, append what an autoscale chart draws (the verdict
+    latency, the stack's ready and target counts, N and throughput) to `samples`; the
+    autoscale benchmarks (CPU and GPU) share it."""
+    while True:
+        await asyncio.sleep(interval_s)
+        snapshot = statistics.snapshot()
+        states = await asyncio.to_thread(stack.states)
+        samples.append(
+            AutoscaleSample(
+                t_s=time.monotonic() - started,
+                concurrency=engine.concurrency,
+                p90_ms=snapshot.window_verdict_s * 1000,
+                ready=sum(1 for s in states if s.state == "ready"),
+                target=stack.target_instances,
+                images_per_s=snapshot.window_images_per_s,
+            )
+        )
 
 
 async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: Any) -> int:
