@@ -28,9 +28,44 @@ import resnet50_model
 from gpubench.configs import MODEL, TEARDOWN_RESERVE_S, Plan
 from gpubench.machine import Deadline, log
 from gpubench.mps import Mps
+from gpubench.probe import DRIVER, GpuSampler, ProcessSample
 
 SAMPLE_INTERVAL_S = 0.5
 MPS_PERCENTAGE = 14
+PROBE_INTERVAL_S = 2.0
+PROBE_COLUMNS = (
+    ("client_cores", DRIVER, "cores"),
+    ("client_busiest_thread", DRIVER, "busiest_thread"),
+    ("envoy_cores", "envoy", "cores"),
+    ("tritonserver_cores", "tritonserver", "cores"),
+    ("stub_cores", "python stub", "cores"),
+)
+
+
+async def probe_timeline(
+    stack: Any, started: float, gpu: GpuSampler, rows: list[dict[str, Any]]
+) -> None:
+    """Until cancelled: every PROBE_INTERVAL_S, the CPU of each part of the path over the last
+    interval (the load runs in this process, so "client" is this process), the machine's idle
+    share and the GPU's utilisation, so the chart's plateaus can be read against what was busy."""
+
+    def take() -> ProcessSample:
+        roots = {state.pid for state in stack.states() if state.pid}
+        roots.add(stack.envoy_pid() or 0)
+        return ProcessSample.take((), roots)
+
+    before = await asyncio.to_thread(take)
+    while True:
+        await asyncio.sleep(PROBE_INTERVAL_S)
+        after = await asyncio.to_thread(take)
+        usage = before.usage_until(after)
+        row: dict[str, Any] = {"t_s": round(after.at - started, 2)}
+        for column, component, key in PROBE_COLUMNS:
+            row[column] = usage["components"].get(component, {}).get(key, 0.0)
+        row["machine_idle"] = usage["machine_idle"]
+        row["gpu_util"] = gpu.summary(since=before.at).get("gpu_util_mean", "")
+        rows.append(row)
+        before = after
 
 
 async def ramp(
@@ -76,6 +111,8 @@ async def ramp(
         else None
     )
     samples: list[AutoscaleSample] = []
+    probes: list[dict[str, Any]] = []
+    gpu = GpuSampler(period_s=0.5).__enter__()
     started = time.monotonic()
     statistics.reset()
 
@@ -88,7 +125,8 @@ async def ramp(
             record_autoscale_timeline(
                 stack, statistics, engine, started, samples, interval_s=SAMPLE_INTERVAL_S
             )
-        )
+        ),
+        asyncio.ensure_future(probe_timeline(stack, started, gpu, probes)),
     ]
     if controller is not None:
         background.append(
@@ -116,10 +154,12 @@ async def ramp(
         with contextlib.suppress(asyncio.CancelledError):
             await load
         snapshot = statistics.snapshot()
+        gpu.__exit__(None, None, None)
         await engine.close()
     decisions = controller.decisions if controller is not None else []
     return {
         "samples": samples,
+        "probes": probes,
         "decisions": [
             {
                 "at": round(d.at - started, 2),
@@ -221,6 +261,12 @@ def run_live(
                     ramp(stack, model, scaling, steps, step_s, plan.budget_ms, autoscale)
                 )
                 samples = run.pop("samples")
+                probes = run.pop("probes")
+                columns = ["t_s", *(c for c, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util"]
+                with (out / f"probe-{mode}.csv").open("w", encoding="utf-8") as handle:
+                    handle.write(",".join(columns) + "\n")
+                    for row in probes:
+                        handle.write(",".join(str(row[c]) for c in columns) + "\n")
                 record.update(run, status="ran")
                 with (out / f"timeline-{mode}.csv").open("w", encoding="utf-8") as handle:
                     handle.write("t_s,concurrency,p90_ms,ready,target,images_per_s\n")
