@@ -29,7 +29,7 @@ import multiload  # noqa: E402
 import resnet50_model  # noqa: E402
 import run_gpu_bench  # noqa: E402
 import stage  # noqa: E402
-from gpubench import ceiling, configs, probe, report  # noqa: E402
+from gpubench import ceiling, configs, live, probe, report  # noqa: E402
 
 from flowerdemo.core.sweep import SweepSettings, WindowMeasurement, step_from_windows  # noqa: E402
 from flowerdemo.resources import labels_file  # noqa: E402
@@ -516,3 +516,61 @@ def test_ceiling_sets_vary_one_thing_at_a_time():
     assert {e.copy_threads for e in sets["threads"]} == {1}
     for experiment in (*sets["instances"], *sets["mps"], *sets["threads"], *sets["fivex"]):
         _configs(experiment.config)  # every configuration name parses
+
+
+def test_live_report_gives_medians_per_step_after_settling(tmp_path, capsys):
+    # 1 s samples: c=2 from 0 to 9 s, c=8 from 10 to 29 s (two steps of 10 s), c=1 from 30 to 33 s.
+    timeline = ["t_s,concurrency,p90_ms,ready,target,images_per_s"]
+    late_p90 = [10, 20, 30, 40, 60, 60]  # the c=2 step's samples after its first 40% (4 s)
+    for t in range(34):
+        concurrency = 2 if t < 10 else 8 if t < 30 else 1
+        if t < 4:
+            p90, images = "80", 100  # settling: left out
+        elif t < 10:
+            p90, images = str(late_p90[t - 4]), 200
+        else:
+            p90, images = ("" if t == 25 else "45"), 300 + t
+        ready = 2 if 22 <= t < 30 else 1
+        timeline.append(f"{t},{concurrency},{p90},{ready},{ready},{images}")
+    (tmp_path / "timeline-autoscale.csv").write_text("\n".join(timeline) + "\n")
+    # A probe row every 2 s, covering the 2 s before it.
+    probe_rows = [",".join(("t_s", *live.REPORT_PROBES))]
+    busiest = {6: 0.5, 8: 0.9, 10: 0.7}
+    for t in range(2, 34, 2):
+        gpu = "" if t == 8 else str(90 + t)
+        probe_rows.append(f"{t},1.2,{busiest.get(t, 0.3)},0.4,0.5,0.6,0.{t % 10},{gpu}")
+    (tmp_path / "probe-autoscale.csv").write_text("\n".join(probe_rows) + "\n")
+
+    rows = live.step_table(
+        tmp_path / "timeline-autoscale.csv", tmp_path / "probe-autoscale.csv", 50.0, step_s=10
+    )
+    assert [row["concurrency"] for row in rows] == [2, 8, 8, 1]
+    first, second, third, last = rows
+    # Samples 4..9 s kept; the probe rows ending at 6, 8 and 10 s lie wholly inside 4..10 s.
+    assert (first["from_s"], first["to_s"], first["samples"]) == (4.0, 10.0, 6)
+    assert (first["images_per_s"], first["p90_ms"]) == (200, 35)
+    assert first["within_budget"] == pytest.approx(4 / 6)
+    assert first["ready_at_end"] == 1 and first["probe_rows"] == 3
+    assert first["client_busiest_thread"] == 0.7 and first["client_cores"] == 1.2
+    assert first["gpu_util"] == 98  # the empty cell at 8 s is left out: median of 96 and 100
+    # c=8 ran twice as long as a step: two steps, each keeping its last 6 s.
+    assert (second["from_s"], second["samples"], second["ready_at_end"]) == (14.0, 6, 1)
+    assert second["images_per_s"] == pytest.approx(300 + 16.5)
+    assert (third["from_s"], third["ready_at_end"], third["within_budget"]) == (24.0, 2, 1.0)
+    assert third["samples"] == 6 and third["p90_ms"] == 45  # the empty p90 at 25 s left out
+    # The last step ends at its last sample: 30..33 s, so 31.2..33 s kept.
+    assert (last["samples"], last["ready_at_end"], last["probe_rows"]) == (2, 1, 0)
+    assert math.isnan(last["client_cores"])
+
+    (tmp_path / "live.json").write_text(
+        json.dumps({"budget_ms": 50, "step_s": {"autoscale": 10}, "runs": {"autoscale": {}}})
+    )
+    assert run_gpu_bench.main(["--live-report", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "first 40% of each step left out as settling" in text
+    assert "### autoscale (10 s a step)" in text
+    # The first step's idle share: the median of 0.6, 0.8 and 0.0 (rows at 6, 8 and 10 s).
+    assert (
+        "| 2 | 4-10 | 200 | 35.0 | 67% | 1 | 1.20 | 0.70 | 0.40 | 0.50 | 0.60 | 60% | 98 |" in text
+    )
+    assert "| 1 | 31-33 | 332 | 45.0 | 100% | 1 | - | - | - | - | - | - | - |" in text

@@ -26,6 +26,7 @@ Time: every phase is guarded by --deadline-epoch (or --budget-s); what is done i
     python3 benchmarks/gpu/run_gpu_bench.py --dry-run --configs whole,mps1,mps7
     python3 benchmarks/gpu/run_gpu_bench.py --cpu --out /tmp/cpu-check   # here, no GPU
     python3 benchmarks/gpu/run_gpu_bench.py --summarize OUT_B OUT_C --out benchmarks/results/x
+    python3 benchmarks/gpu/run_gpu_bench.py --live-report benchmarks/results/x/live
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from gpubench.configs import (  # noqa: E402
     build_plan,
     describe_plan,
 )
-from gpubench.live import run_live  # noqa: E402
+from gpubench.live import live_report, run_live  # noqa: E402
 from gpubench.machine import Deadline, gpu_name, log, machine_info, maybe_reexec  # noqa: E402
 from gpubench.measure import run_plan  # noqa: E402
 from gpubench.mps import mps_check  # noqa: E402
@@ -171,6 +172,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--live-step-s", type=float, default=15.0, help="seconds at each step")
     parser.add_argument("--live-max", type=int, default=7, help="autoscale's MAX instances")
     parser.add_argument(
+        "--live-report",
+        type=Path,
+        metavar="DIR",
+        help="a live run's folder (live.json, timeline-*.csv, probe-*.csv): print a markdown "
+        "table per mode, one row per step (no run)",
+    )
+    parser.add_argument(
         "--torch-limit",
         action="store_true",
         help="the model alone: img/s per batch on the whole GPU and as 1 and 7 MPS clients",
@@ -209,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return torch_limits(args.out, args.mps_percentage, args.limit_buckets, args.window, clients)
     if args.ceiling_report:
         return write_ceiling_report(args.ceiling_report, args.out)
+    if args.live_report:
+        print(live_report(args.live_report), end="")
+        return 0
     home: Path = args.home
     if not args.dry_run and not args.cpu:
         maybe_reexec(home, Path(__file__))

@@ -7,17 +7,21 @@ budget. The same ramp with autoscale off at a fixed count, for comparison.
 The load is our engine in one process, as the headless client runs it. Every 0.5 s the run
 records the p90 the controller saw (last 2 s of answers), the ready and target instance counts,
 the concurrency and the throughput. Per run: live-MODE.png (flowerdemo.plots.plot_autoscale),
-timeline-MODE.csv, and live.json with the decisions and the totals.
+timeline-MODE.csv, probe-MODE.csv (the CPU of each part and the GPU's utilisation, every 2 s),
+and live.json with the decisions and the totals. `step_table` / `live_report` read a run back, one
+row per step (`run_gpu_bench.py --live-report DIR`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -312,3 +316,132 @@ def run_live(
             mps.stop()
         (out / "live.json").write_text(json.dumps(results, indent=1) + "\n")
     return failures
+
+
+# Reading a run back: one row per step of the ramp (`run_gpu_bench.py --live-report DIR`).
+
+SETTLE_SHARE = 0.4
+REPORT_PROBES = (*(c for c, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util")
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    """A results CSV as rows of floats, NaN where a cell is empty."""
+    with path.open(encoding="utf-8") as handle:
+        return [
+            {key: float(value) if value else math.nan for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def _median(values: list[float]) -> float:
+    present = [v for v in values if not math.isnan(v)]
+    return statistics.median(present) if present else math.nan
+
+
+def step_table(
+    timeline: Path, probe: Path | None, budget_ms: float, step_s: float | None = None
+) -> list[dict[str, float]]:
+    """One row per step of a live run's timeline. A step is a contiguous run of one concurrency,
+    cut into equal pieces of about `step_s` when the ramp repeated a value (256 five times); it
+    ends where the next step's first sample is. Its first SETTLE_SHARE (40%) is left out as
+    settling; the rest gives the median throughput and p90, the share of samples whose p90 is
+    within the budget, the instances ready at the step's last sample, and the median of each
+    probe column over the probe rows whose whole interval (from the previous row) lies there."""
+    samples = _read_csv(timeline)
+    probes = _read_csv(probe) if probe is not None and probe.exists() else []
+    runs: list[list[dict[str, float]]] = []
+    for sample in samples:
+        if runs and runs[-1][0]["concurrency"] == sample["concurrency"]:
+            runs[-1].append(sample)
+        else:
+            runs.append([sample])
+    steps: list[tuple[float, float]] = []
+    for index, run in enumerate(runs):
+        start = run[0]["t_s"]
+        end = (runs[index + 1][0] if index + 1 < len(runs) else run[-1])["t_s"]
+        pieces = max(1, round((end - start) / step_s)) if step_s else 1
+        width = (end - start) / pieces
+        steps += [(start + k * width, start + (k + 1) * width) for k in range(pieces)]
+    # A probe row covers the time since the row before it (the first, since the start).
+    began = [0.0, *(row["t_s"] for row in probes)]
+    rows = []
+    for start, end in steps:
+        last = end if (start, end) != steps[-1] else math.inf  # the last step keeps its last sample
+        step = [s for s in samples if start <= s["t_s"] < last]
+        if not step:
+            continue
+        kept_from = start + SETTLE_SHARE * (end - start)
+        kept = [s for s in step if s["t_s"] >= kept_from]
+        p90s = [s["p90_ms"] for s in kept if not math.isnan(s["p90_ms"])]
+        in_span = [
+            row
+            for since, row in zip(began, probes, strict=False)
+            if since >= kept_from and row["t_s"] <= end
+        ]
+        rows.append(
+            {
+                "concurrency": step[0]["concurrency"],
+                "from_s": kept_from,
+                "to_s": end,
+                "samples": len(kept),
+                "images_per_s": _median([s["images_per_s"] for s in kept]),
+                "p90_ms": _median(p90s),
+                "within_budget": sum(p <= budget_ms for p in p90s) / len(p90s)
+                if p90s
+                else math.nan,
+                "ready_at_end": step[-1]["ready"],
+                "probe_rows": len(in_span),
+                **{column: _median([row[column] for row in in_span]) for column in REPORT_PROBES},
+            }
+        )
+    return rows
+
+
+def live_report(folder: Path) -> str:
+    """A markdown table per mode of the live run in `folder` (live.json and its CSVs)."""
+    results = (
+        json.loads((folder / "live.json").read_text()) if (folder / "live.json").exists() else {}
+    )
+    budget_ms = float(results.get("budget_ms", 50.0))
+    modes = list(results.get("runs", {})) or sorted(
+        p.stem.removeprefix("timeline-") for p in folder.glob("timeline-*.csv")
+    )
+    out = [
+        f"Per step: the first {SETTLE_SHARE:.0%} of each step left out as settling, medians of the "
+        f"rest (0.5 s samples; probe rows of about {PROBE_INTERVAL_S:g} s wholly inside it). "
+        f"Budget: p90 <= {budget_ms:g} ms. Cores: 1.00 = one core busy all the time; idle: the "
+        "machine's idle share of all its cores; GPU: NVML utilisation.",
+    ]
+    for mode in modes:
+        timeline = folder / f"timeline-{mode}.csv"
+        if not timeline.exists():
+            continue
+        step_s = results.get("step_s")
+        step_s = step_s.get(mode) if isinstance(step_s, dict) else step_s
+        rows = step_table(timeline, folder / f"probe-{mode}.csv", budget_ms, step_s)
+        out += [
+            "",
+            f"### {mode}" + (f" ({step_s:g} s a step)" if step_s else ""),
+            "",
+            "| c | s kept | img/s | p90 ms | within budget | ready at end | client cores "
+            "| client top thread | Envoy | tritonservers | stubs | idle | GPU % |",
+            "|" + "---|" * 13,
+        ]
+        for row in rows:
+            cells = [
+                f"{row['concurrency']:.0f}",
+                f"{row['from_s']:.0f}-{row['to_s']:.0f}",
+                _cell(row["images_per_s"], "{:,.0f}"),
+                _cell(row["p90_ms"], "{:.1f}"),
+                _cell(row["within_budget"], "{:.0%}"),
+                f"{row['ready_at_end']:.0f}",
+                *(_cell(row[c], "{:.2f}") for c in REPORT_PROBES[:-2]),
+                _cell(row["machine_idle"], "{:.0%}"),
+                _cell(row["gpu_util"], "{:.0f}"),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: float, pattern: str) -> str:
+    return "-" if math.isnan(value) else pattern.format(value)
