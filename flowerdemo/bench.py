@@ -37,6 +37,7 @@ from flowerdemo.embedded import ServerTarget, serving_target
 from flowerdemo.guard import EXIT_FAILED_REQUESTS, EXIT_NOT_RUN, report_skipped, stop_on_signals
 from flowerdemo.options import (
     RunOptions,
+    add_grpc_calls_argument,
     add_security_arguments,
     security_from_args,
     security_problems,
@@ -57,6 +58,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="HOST:PORT to measure; without it a local stack is started")
     add_security_arguments(parser)
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    add_grpc_calls_argument(parser)
     parser.add_argument("--model", default="flowers")
     parser.add_argument(
         "--concurrency-range",
@@ -164,6 +166,7 @@ def run_bench(args: argparse.Namespace) -> int:
     options = RunOptions(
         url=args.url,
         protocol=args.protocol,
+        grpc_calls=args.grpc_calls,
         model=args.model,
         batch_size=args.batch_size,
         wire=args.wire,

@@ -27,6 +27,7 @@ from flowerdemo.core.preprocess import (
     Scaling,
 )
 from flowerdemo.core.stats import DEFAULT_PERCENTILE
+from flowerdemo.core.transport import GRPC_CALLS, GrpcCalls
 from flowerdemo.resources import labels_file, sample_images_dir
 from flowerdemo.validation import (
     MAX_BATCH_SIZE,
@@ -51,6 +52,7 @@ class RunOptions:
     url: str | None
     """None: start the embedded local stack and connect to it."""
     protocol: TransportName = "grpc"
+    grpc_calls: GrpcCalls = "stream"
     model: str = "flowers"
     model_version: str = ""
     mode: Mode = "interactive"
@@ -133,6 +135,7 @@ class RunOptions:
         return EngineSettings(
             url=url,
             protocol=self.protocol,
+            grpc_calls=self.grpc_calls,
             model_name=self.model,
             model_version=self.model_version,
             topk=self.topk,
@@ -147,6 +150,16 @@ class RunOptions:
         )
 
 
+def add_grpc_calls_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grpc-calls",
+        choices=GRPC_CALLS,
+        default="stream",
+        help="gRPC inference as messages on short-lived streams (default: less client, Envoy "
+        "and server CPU per request) or as one unary call each",
+    )
+
+
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -154,6 +167,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "without it a local stack is started on 127.0.0.1 and used",
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    add_grpc_calls_argument(parser)
     parser.add_argument(
         "--model", default="flowers", help="model name on the server (default: flowers)"
     )
@@ -351,6 +365,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         url=args.url,
         protocol=args.protocol,
+        grpc_calls=args.grpc_calls,
         model=args.model,
         model_version=args.model_version,
         mode=args.mode,

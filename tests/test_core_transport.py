@@ -193,7 +193,7 @@ async def test_a_missing_model_is_refused_with_the_servers_list_cleaned(photos):
 async def test_the_url_scheme_decides_tls(photos, url, tls, expected):
     seen: list[Any] = []
 
-    def factory(protocol, address, tls_options, headers):
+    def factory(protocol, address, tls_options, headers, grpc_calls):
         seen.append((address, tls_options, headers))
         return FakeTransport()
 

@@ -3,14 +3,18 @@ tritonclient's own calls do, and what a hostile server says is cleaned before an
 
 from __future__ import annotations
 
+import asyncio
+import collections
+
 import numpy as np
 import pytest
 
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
+from flowerdemo.core.events import ErrorKind
 from flowerdemo.core.images import load_images
 from flowerdemo.core.model_spec import parse_model_spec
 from flowerdemo.core.preprocess import PreprocessOptions, TensorCache
-from flowerdemo.core.transport import GrpcTransport, HttpTransport, InferRequest
+from flowerdemo.core.transport import GrpcTransport, HttpTransport, InferRequest, TransportError
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.repository import write_repository
 from flowerdemo.serving.stack import LocalStack, StackSettings
@@ -31,12 +35,15 @@ async def _batch_for(transport, samples) -> tuple[np.ndarray, object]:
     return cache.batch(range(len(samples))), spec
 
 
-async def test_grpc_preserialised_answers_are_byte_identical_to_tritonclient(local_stack, samples):
+@pytest.mark.parametrize("calls", ["stream", "unary"])
+async def test_grpc_preserialised_answers_are_byte_identical_to_tritonclient(
+    local_stack, samples, calls
+):
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as grpcaio
 
     url = local_stack.instance_grpc_url(0)
-    transport = GrpcTransport(url)
+    transport = GrpcTransport(url, calls=calls)
     reference = grpcaio.InferenceServerClient(url)
     try:
         batch, spec = await _batch_for(transport, samples)
@@ -155,10 +162,12 @@ async def test_labels_with_escape_sequences_from_a_real_triton_are_cleaned(
         assert classification.label == want, repr(classification.label)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-async def test_engine_events_name_the_instance_behind_envoy(local_stack, samples, protocol):
+@pytest.mark.parametrize(
+    ("protocol", "calls"), [("grpc", "unary"), ("grpc", "stream"), ("http", "unary")]
+)
+async def test_engine_events_name_the_instance_behind_envoy(local_stack, samples, protocol, calls):
     url = local_stack.grpc_url if protocol == "grpc" else local_stack.http_url
-    engine = InferenceEngine(EngineSettings(url=url, protocol=protocol), samples)
+    engine = InferenceEngine(EngineSettings(url=url, protocol=protocol, grpc_calls=calls), samples)
     await engine.connect()
     events = []
     engine.add_sink(events.append)
@@ -168,5 +177,62 @@ async def test_engine_events_name_the_instance_behind_envoy(local_stack, samples
         await engine.close()
     assert len(events) == 12 and all(event.ok for event in events)
     served = sorted(event.instance for event in events)
-    # Round robin over the stack's two instances, each answer named by Envoy.
-    assert served == ["triton-0"] * 6 + ["triton-1"] * 6
+    if calls == "unary":
+        # Round robin over the stack's two instances, each answer named by Envoy.
+        assert served == ["triton-0"] * 6 + ["triton-1"] * 6
+    else:
+        # Envoy balances the two streams (one an instance); the requests on each follow it.
+        assert set(served) == {"triton-0", "triton-1"}
+
+
+async def test_one_request_at_a_time_on_streams_still_reaches_every_instance(local_stack, samples):
+    """One stream would pin a lone client to one instance; streams live STREAM_LIFETIME_S, so
+    a longer run at concurrency 1 is spread over both, and every stream is closed at the end
+    (Envoy sees nothing in flight)."""
+    from flowerdemo.core.transport import STREAM_LIFETIME_S
+    from flowerdemo.serving.admin import read_upstream_hosts
+
+    engine = InferenceEngine(EngineSettings(url=local_stack.grpc_url), samples)
+    await engine.connect()
+    events = []
+    engine.add_sink(events.append)
+    try:
+        run = asyncio.ensure_future(engine.run_automatic(1))
+        await asyncio.sleep(4 * STREAM_LIFETIME_S)
+        engine.stop()
+        await run
+        # Idle streams past their lifetime are closed even though no request comes.
+        await asyncio.sleep(2.5 * STREAM_LIFETIME_S)
+        hosts = read_upstream_hosts(local_stack.settings.admin_listen, 2.0)
+    finally:
+        await engine.close()
+    answered = collections.Counter(event.instance for event in events if event.ok)
+    assert len(events) == engine.sent and sum(answered.values()) == engine.sent
+    assert set(answered) == {"triton-0", "triton-1"}, answered
+    assert all(host.rq_active == 0 for host in hosts), hosts
+
+
+@pytest.mark.parametrize("calls", ["stream", "unary"])
+async def test_a_request_the_server_refuses_is_one_clear_failure_and_the_next_is_answered(
+    local_stack, samples, calls
+):
+    """Triton says what is wrong inside the stream (not as the stream's status): the request
+    fails as the server's error, cleaned, and the transport goes on with a fresh stream."""
+    transport = GrpcTransport(local_stack.instance_grpc_url(0), calls=calls)
+    try:
+        batch, spec = await _batch_for(transport, samples)
+        wrong = np.zeros((1, 3, 7, 7), dtype=np.float32)  # not the model's 224 x 224
+        bad = transport.prepare(
+            InferRequest("flowers", "", spec.input_name, "FP32", wrong, spec.output_name, 3)
+        )
+        good = transport.prepare(
+            InferRequest("flowers", "", spec.input_name, "FP32", batch[:1], spec.output_name, 3)
+        )
+        assert (await transport.infer(good, 10.0)).output.shape == (1, 3)
+        with pytest.raises(TransportError) as raised:
+            await transport.infer(bad, 10.0)
+        assert raised.value.kind is ErrorKind.SERVER
+        assert "shape" in raised.value.message and raised.value.message.isprintable()
+        assert (await transport.infer(good, 10.0)).output.shape == (1, 3)
+    finally:
+        await transport.close()

@@ -40,6 +40,7 @@ from flowerdemo.core.preprocess import PreprocessError, PreprocessOptions, Tenso
 from flowerdemo.core.text import clean_server_text
 from flowerdemo.core.transport import (
     PROTOCOLS,
+    GrpcCalls,
     InferAnswer,
     InferRequest,
     PreparedRequest,
@@ -104,6 +105,8 @@ class EngineSettings:
     """TLS to the server (None: plain, unless the URL says https://)."""
     headers: tuple[tuple[str, str], ...] = ()
     """Sent with every call (e.g. ("Authorization", "Bearer ...")): gRPC metadata or HTTP headers."""
+    grpc_calls: GrpcCalls = "stream"
+    """gRPC only: requests as messages on short-lived streams (lighter), or one unary call each."""
     wire: WireChoice = "fp32"
     """How images travel: fp32 is the model as named; uint8 / jpeg its variants
     `<model>_uint8` / `<model>_jpeg`; auto the smallest variant the server lists."""
@@ -266,7 +269,9 @@ class InferenceEngine:
         if settings.protocol not in PROTOCOLS:
             raise ConnectError(f"unknown protocol '{settings.protocol}' (choose grpc or http)")
         try:
-            transport = self._transport_factory(settings.protocol, url, tls, settings.headers)
+            transport = self._transport_factory(
+                settings.protocol, url, tls, settings.headers, settings.grpc_calls
+            )
         except TlsError as error:
             raise ConnectError(f"TLS cannot be set up: {error}") from error
         self._transport = transport

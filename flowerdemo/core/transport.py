@@ -3,9 +3,11 @@
 The engine speaks only to a `Transport` (as httpx's clients speak to their `_transports/`):
 
 - `GrpcTransport` connects and checks the model through tritonclient's aio client, and infers
-  through a direct `grpc.aio` unary call of `ModelInfer` whose request was serialised once, when
-  the (photo set, batch) was prepared. The direct call also gives the answer's initial metadata,
-  where our Envoy names the instance that served it (`INSTANCE_HEADER`); tritonclient drops it.
+  with requests serialised once, when the (photo set, batch) was prepared, sent straight over
+  `grpc.aio`: by default as messages on short-lived `ModelStreamInfer` streams (`GrpcStreams`,
+  one request at a time on each), else as one unary `ModelInfer` call each. Both read the
+  initial metadata, where our Envoy names the instance that served it (`INSTANCE_HEADER`);
+  tritonclient drops it.
 - `HttpTransport` checks through tritonclient's aio HTTP client and infers by posting a
   pre-built binary body with aiohttp, so the response headers (the instance) can be read.
 - `FakeTransport` answers in memory, with chosen answers, delays, failures and instance names:
@@ -22,6 +24,7 @@ import json
 import os
 import ssl
 import struct
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +43,15 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 TransportName = Literal["grpc", "http"]
 PROTOCOLS: tuple[TransportName, ...] = ("grpc", "http")
+GrpcCalls = Literal["stream", "unary"]
+GRPC_CALLS: tuple[GrpcCalls, ...] = ("stream", "unary")
 
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+STREAM_LIFETIME_S = 1.0
+"""How long one inference stream takes new requests. Envoy balances streams, not the messages
+on them: closing each after this long lets a new instance get its share of the load, and a
+draining one empty, within about this time."""
 MAX_INSTANCE_NAME = 64
 """Characters kept of an instance name from a response header (server text)."""
 
@@ -267,6 +277,7 @@ class GrpcTransport:
         *,
         tls: TlsOptions | None = None,
         headers: Sequence[tuple[str, str]] = (),
+        calls: GrpcCalls = "stream",
     ) -> None:
         import grpc
         import tritonclient.grpc.aio as grpcaio
@@ -298,6 +309,20 @@ class GrpcTransport:
             MODEL_INFER_METHOD,
             request_serializer=None,
             response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        self._streams = (
+            GrpcStreams(
+                self._channel.stream_stream(
+                    MODEL_STREAM_INFER_METHOD,
+                    request_serializer=None,
+                    response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+                ),
+                self._metadata,
+                self._rpc_error,
+                grpc.aio.EOF,
+            )
+            if calls == "stream"
+            else None
         )
 
     def _call_headers(self) -> dict[str, str] | None:
@@ -350,6 +375,9 @@ class GrpcTransport:
         return PreparedRequest(request, message.SerializeToString())
 
     async def infer(self, prepared: PreparedRequest, timeout_s: float) -> InferAnswer:
+        if self._streams is not None:
+            response, instance = await self._streams.infer(prepared.payload, timeout_s)
+            return _grpc_output(response, prepared.request.output_name, instance)
         call = self._model_infer(prepared.payload, timeout=timeout_s, metadata=self._metadata)
         try:
             response = await call
@@ -357,33 +385,179 @@ class GrpcTransport:
         except self._rpc_error as error:
             raise _grpc_error(error) from None
         instance = _instance_name(metadata.get(INSTANCE_HEADER) if metadata else None)
-        name = prepared.request.output_name
-        for index, output in enumerate(response.outputs):
-            if output.name != name:
-                continue
-            try:
-                if index < len(response.raw_output_contents):
-                    raw = response.raw_output_contents[index]
-                    array = decode_output(raw, output.datatype, output.shape)
-                elif output.contents.bytes_contents:
-                    array = np.array(list(output.contents.bytes_contents), dtype=object)
-                    array = array.reshape([int(d) for d in output.shape])
-                else:
-                    raise ValueError("the output carries no data")
-            except ValueError as error:
-                raise TransportError(
-                    ErrorKind.RESPONSE, clean_server_text(f"output '{name}': {error}"), instance
-                ) from None
-            return InferAnswer(array, instance)
-        raise TransportError(
-            ErrorKind.RESPONSE, clean_server_text(f"the answer has no output '{name}'"), instance
-        )
+        return _grpc_output(response, prepared.request.output_name, instance)
 
     async def close(self) -> None:
         try:
+            if self._streams is not None:
+                self._streams.close()
             await self._channel.close()
         finally:
             await self._client.close()
+
+
+def _grpc_output(response: Any, name: str, instance: str) -> InferAnswer:
+    """The output `name` of a ModelInferResponse, decoded."""
+    for index, output in enumerate(response.outputs):
+        if output.name != name:
+            continue
+        try:
+            if index < len(response.raw_output_contents):
+                raw = response.raw_output_contents[index]
+                array = decode_output(raw, output.datatype, output.shape)
+            elif output.contents.bytes_contents:
+                array = np.array(list(output.contents.bytes_contents), dtype=object)
+                array = array.reshape([int(d) for d in output.shape])
+            else:
+                raise ValueError("the output carries no data")
+        except ValueError as error:
+            raise TransportError(
+                ErrorKind.RESPONSE, clean_server_text(f"output '{name}': {error}"), instance
+            ) from None
+        return InferAnswer(array, instance)
+    raise TransportError(
+        ErrorKind.RESPONSE, clean_server_text(f"the answer has no output '{name}'"), instance
+    )
+
+
+class _BrokenStream(TransportError):
+    """A stream that had carried answers lost its instance or connection: worth one retry."""
+
+
+_BROKEN_STREAM_CODES = frozenset({"UNAVAILABLE", "INTERNAL"})
+"""How a stream whose instance went away ends: INTERNAL when Envoy resets it ("Received
+RST_STREAM"), UNAVAILABLE when the connection goes. Triton reports a request's own failure
+inside the stream (`error_message`), never as the stream's status."""
+
+
+class _Stream:
+    """One open `ModelStreamInfer` call, carrying one request at a time."""
+
+    __slots__ = ("call", "instance", "opened_at")
+
+    def __init__(self, call: Any, opened_at: float) -> None:
+        self.call = call
+        self.opened_at = opened_at
+        self.instance: str | None = None
+        """Named once, from the headers Envoy sends with the stream's first answer."""
+
+
+class GrpcStreams:
+    """Inference as messages on `ModelStreamInfer` streams: a message on an open stream costs
+    the client, Envoy and Triton less than a new unary call (measured in
+    benchmarks/client_vs_perf_analyzer.py).
+
+    Each request takes an idle stream (or opens one), writes its pre-serialised request, reads
+    the one answer and gives the stream back, so answers never need matching to requests. A
+    stream takes new requests for STREAM_LIFETIME_S, then is closed, so Envoy rebalances
+    within about that time. The instance is the one Envoy named in the stream's headers.
+
+    Deadline: each stream is opened with a deadline of STREAM_LIFETIME_S + the request
+    timeout, so every request on it has at least its timeout. A stream that failed or was
+    interrupted is dropped, never reused. A request on a stream that broke (its instance or
+    connection went away: _BROKEN_STREAM_CODES) is retried once on a new stream, which Envoy
+    sends to a live instance, as it retries a unary call itself: the request had no answer,
+    and inference is idempotent."""
+
+    def __init__(
+        self, method: Any, metadata: Any, rpc_error: type[Exception], end_of_stream: object
+    ) -> None:
+        self._method = method
+        self._metadata = metadata
+        self._rpc_error = rpc_error
+        self._end_of_stream = end_of_stream
+        self._idle: list[_Stream] = []
+        self._reaper: asyncio.TimerHandle | None = None
+
+    async def infer(self, payload: bytes, timeout_s: float) -> tuple[Any, str]:
+        """(the ModelInferResponse, the instance) for one serialised ModelInferRequest."""
+        try:
+            return await self._infer_once(payload, timeout_s)
+        except _BrokenStream:
+            pass
+        return await self._infer_once(payload, timeout_s)
+
+    async def _infer_once(self, payload: bytes, timeout_s: float) -> tuple[Any, str]:
+        stream = self._take()
+        fresh = stream is None
+        if stream is None:
+            stream = _Stream(
+                self._method(timeout=STREAM_LIFETIME_S + timeout_s, metadata=self._metadata),
+                time.monotonic(),
+            )
+        call = stream.call
+        try:
+            await call.write(payload)
+            answer = await call.read()
+            if stream.instance is None:
+                metadata = await call.initial_metadata()
+                stream.instance = _instance_name(
+                    metadata.get(INSTANCE_HEADER) if metadata else None
+                )
+        except self._rpc_error as error:
+            call.cancel()
+            failure = _grpc_error(error)
+            code = getattr(error.code(), "name", "")  # type: ignore[attr-defined]
+            if not fresh and code in _BROKEN_STREAM_CODES:
+                # (A new stream that could not reach anyone would fail the same way again.)
+                raise _BrokenStream(failure.kind, failure.message, failure.instance) from None
+            raise failure from None
+        except BaseException:
+            call.cancel()
+            raise
+        instance = stream.instance
+        if answer is self._end_of_stream or not answer.HasField("infer_response"):
+            call.cancel()
+            if answer is not self._end_of_stream and answer.error_message:
+                raise TransportError(
+                    ErrorKind.SERVER, clean_server_text(answer.error_message), instance
+                )
+            raise TransportError(
+                ErrorKind.UNAVAILABLE, "the server ended the inference stream", instance
+            )
+        self._give_back(stream)
+        return answer.infer_response, instance
+
+    def _take(self) -> _Stream | None:
+        now = time.monotonic()
+        while self._idle:
+            stream = self._idle.pop()
+            if now - stream.opened_at < STREAM_LIFETIME_S:
+                return stream
+            self._end(stream)
+        return None
+
+    def _give_back(self, stream: _Stream) -> None:
+        if time.monotonic() - stream.opened_at >= STREAM_LIFETIME_S:
+            self._end(stream)
+            return
+        self._idle.append(stream)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(STREAM_LIFETIME_S, self._reap)
+
+    def _reap(self) -> None:
+        """Ends the idle streams past their lifetime (when the load stops, nothing else would)."""
+        self._reaper = None
+        now = time.monotonic()
+        expired = [s for s in self._idle if now - s.opened_at >= STREAM_LIFETIME_S]
+        for stream in expired:
+            self._idle.remove(stream)
+            self._end(stream)
+        if self._idle:
+            self._reaper = asyncio.get_running_loop().call_later(STREAM_LIFETIME_S, self._reap)
+
+    @staticmethod
+    def _end(stream: _Stream) -> None:
+        # Cancelling ends the stream at once on both sides; nothing is outstanding on it.
+        stream.call.cancel()
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for stream in self._idle:
+            self._end(stream)
+        self._idle.clear()
 
 
 def _grpc_error(error: Any) -> TransportError:
@@ -711,9 +885,9 @@ class FakeTransport:
 
 
 TransportFactory = Callable[
-    [TransportName, str, "TlsOptions | None", Sequence[tuple[str, str]]], Transport
+    [TransportName, str, "TlsOptions | None", Sequence[tuple[str, str]], GrpcCalls], Transport
 ]
-"""(protocol, HOST:PORT, TLS, headers) -> a Transport: how the engine makes its connection."""
+"""(protocol, HOST:PORT, TLS, headers, gRPC calls) -> a Transport: how the engine connects."""
 
 
 def make_transport(
@@ -721,10 +895,11 @@ def make_transport(
     url: str,
     tls: TlsOptions | None = None,
     headers: Sequence[tuple[str, str]] = (),
+    grpc_calls: GrpcCalls = "stream",
 ) -> Transport:
     """The transport for `protocol` to `url` (HOST:PORT, checked by the caller)."""
     if protocol == "grpc":
-        return GrpcTransport(url, tls=tls, headers=headers)
+        return GrpcTransport(url, tls=tls, headers=headers, calls=grpc_calls)
     if protocol == "http":
         return HttpTransport(url, tls=tls, headers=headers)
     raise ValueError(f"unknown protocol '{protocol}' (choose grpc or http)")
