@@ -485,7 +485,7 @@ def _print_admin(admin: str, out: TextIO) -> None:
         print(
             f"  {clean_server_text(host.cluster):<14} {clean_server_text(host.address):<22} "
             f"{clean_server_text(host.instance):<12} {clean_server_text(health):<24} "
-            f"{clean_server_text(host.eds_status):<10} requests {host.rq_total} "
+            f"{clean_server_text(host.eds_status):<10} calls {host.rq_total} "
             f"(errors {host.rq_error})",
             file=out,
         )

@@ -464,7 +464,7 @@ def _handle_command(stack: LocalStack, command: str, say: Callable[..., None]) -
                 seen = ", ".join(
                     f"{h.instance} "
                     + ("healthy" if h.healthy else "/".join((*h.health_flags, h.eds_status)))
-                    + f" (rq {h.rq_total}, active {h.rq_active})"
+                    + f" (calls {h.rq_total}, open {h.rq_active})"
                     for h in hosts
                     if h.cluster == "triton_grpc"
                 )
