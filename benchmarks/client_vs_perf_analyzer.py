@@ -3,11 +3,16 @@
 For each model, one local Triton instance (no Envoy) serves it: the bundled model (about 10 ms
 of server time on a CPU core) and a small model built here with about 1 ms of server time, where
 any client overhead shows. At each concurrency our engine (in a child process, so its CPU is its
-own) and perf_analyzer each measure throughput and p50/p90 with the same window and stability
+own; its gRPC requests on short-lived streams, its default, then as one unary call each) and
+perf_analyzer (unary calls, its default; then with --streaming) each measure throughput and p50/p90 with the same window and stability
 rule, one after the other. While each client runs, its CPU time (utime + stime from
 /proc/<pid>/stat) and the server's count of answered requests (Triton's statistics) are sampled;
 CPU per request is their ratio over the time the load ran, so start-up (imports, photo
 preprocessing, perf_analyzer's own set-up) is left out of both.
+
+At each step our engine (streams) and perf_analyzer (unary) take turns `--repeats` times and
+the tables give each figure's median; our engine's unary calls and perf_analyzer's --streaming
+are measured once each, for reference.
 
 Targets (issue 12): throughput >= 0.95x perf_analyzer at each concurrency on both models, p50 at
 concurrency 1 within 0.1 ms of perf_analyzer's, client CPU per request <= 1.5x.
@@ -59,6 +64,8 @@ class ClientRun:
     requests_sampled: int
     server_batch: float = math.nan
     """Requests per model execution at the server while this client ran (dynamic batching)."""
+    runs: tuple[float, ...] = ()
+    """A median of repeated runs: each run's images/s."""
 
 
 def write_fast_model(folder: Path) -> Path:
@@ -157,6 +164,27 @@ def run_sampled(
     )
 
 
+def median_run(runs: list[ClientRun]) -> ClientRun:
+    """Each figure's median over repeated runs of one client (NaN runs left out)."""
+
+    def median(values: list[float]) -> float:
+        kept = sorted(v for v in values if not math.isnan(v))
+        if not kept:
+            return math.nan
+        middle = len(kept) // 2
+        return kept[middle] if len(kept) % 2 else (kept[middle - 1] + kept[middle]) / 2
+
+    return ClientRun(
+        median([r.images_per_s for r in runs]),
+        median([r.p50_ms for r in runs]),
+        median([r.p90_ms for r in runs]),
+        median([r.cpu_ms_per_request for r in runs]),
+        sum(r.requests_sampled for r in runs),
+        median([r.server_batch for r in runs]),
+        runs=tuple(r.images_per_s for r in runs),
+    )
+
+
 def measure_ours(
     url: str,
     http_url: str,
@@ -164,11 +192,13 @@ def measure_ours(
     concurrency: int,
     args: argparse.Namespace,
     checkout: Path | None = None,
+    calls: str = "stream",
 ) -> ClientRun:
-    """Our engine in a child process; `checkout`: import flowerdemo from there instead."""
+    """Our engine in a child process, its gRPC requests as `calls` (stream or unary);
+    `checkout`: import flowerdemo from there instead."""
     command = [
         sys.executable, __file__, "--child", url, model, str(concurrency), str(args.window),
-        str(args.stability_percentage), str(args.photos),
+        str(args.stability_percentage), str(args.photos), calls,
     ]  # fmt: skip
     env = dict(os.environ)
     if checkout is not None:
@@ -181,8 +211,15 @@ def measure_ours(
 
 
 def measure_perf_analyzer(
-    url: str, http_url: str, model: str, concurrency: int, args: argparse.Namespace
+    url: str,
+    http_url: str,
+    model: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    streaming: bool = False,
 ) -> ClientRun:
+    """perf_analyzer at one concurrency; `streaming`: its --streaming (requests on one gRPC
+    stream per concurrency slot, as ours by default) instead of a unary call each."""
     window_s = args.window
     # perf_analyzer refuses to report a point whose windows never agree; as its own message
     # advises, that point is measured once more with windows twice as long, else left empty.
@@ -197,6 +234,8 @@ def measure_perf_analyzer(
                 window_ms=window_ms,
                 stability_percent=int(args.stability_percentage),
             )
+            if streaming:
+                command[1:1] = ["--streaming"]
             try:
                 _, cpu, requests, batch = run_sampled(command, env, http_url, model)
             except RuntimeError as error:
@@ -208,7 +247,13 @@ def measure_perf_analyzer(
 
 
 def child(
-    url: str, model: str, concurrency: int, window_s: float, stability: float, photo_count: int
+    url: str,
+    model: str,
+    concurrency: int,
+    window_s: float,
+    stability: float,
+    photo_count: int,
+    calls: str,
 ) -> int:
     """Our engine's side: one sweep step at `concurrency`, printed as one JSON line."""
     from flowerdemo.core.engine import EngineSettings
@@ -221,7 +266,10 @@ def child(
     photos = photos[:photo_count] if photo_count > 0 else photos
     (step,) = asyncio.run(
         sweep_server(
-            EngineSettings(url=url, model_name=model),
+            # An older checkout (--baseline) may predate the choice: it has one way only.
+            EngineSettings(url=url, model_name=model, grpc_calls=calls)
+            if "grpc_calls" in EngineSettings.__dataclass_fields__
+            else EngineSettings(url=url, model_name=model),
             photos,
             SweepSettings((concurrency,), window_s=window_s, tolerance=stability / 100),
         )
@@ -260,54 +308,77 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
         rows = []
         for concurrency in args.concurrency:
             # One client after the other, step by step, so all see the same machine state.
-            before = None
+            row: dict[str, ClientRun | int] = {"c": concurrency}
             if args.baseline is not None:
-                before = measure_ours(url, http_url, model, concurrency, args, args.baseline)
-            ours = measure_ours(url, http_url, model, concurrency, args)
-            theirs = measure_perf_analyzer(url, http_url, model, concurrency, args)
-            rows.append((concurrency, before, ours, theirs))
-            print(
-                f"  c={concurrency}: before {before}, ours {ours}, perf_analyzer {theirs} "
-                f"({load_text()})",
-                file=sys.stderr,
+                row["before"] = measure_ours(
+                    url, http_url, model, concurrency, args, args.baseline, calls="unary"
+                )
+            # The two clients the targets compare take turns, `--repeats` times each: this
+            # machine's speed drifts by several percent from one minute to the next.
+            ours_runs, theirs_runs = [], []
+            for _ in range(args.repeats):
+                ours_runs.append(
+                    measure_ours(url, http_url, model, concurrency, args, calls="stream")
+                )
+                theirs_runs.append(measure_perf_analyzer(url, http_url, model, concurrency, args))
+            row["stream"], row["pa"] = median_run(ours_runs), median_run(theirs_runs)
+            row["unary"] = measure_ours(url, http_url, model, concurrency, args, calls="unary")
+            row["pa_stream"] = measure_perf_analyzer(
+                url, http_url, model, concurrency, args, streaming=True
             )
+            rows.append(row)
+            print(f"  c={concurrency}: {row} ({load_text()})", file=sys.stderr)
         count, infer_ns, _ = server_counts(http_url, model)
     lines.append(
         f"server compute per request (Triton statistics, whole run): "
         f"{infer_ns / max(count, 1) / 1e6:.2f} ms; {load_text()} at the end"
     )
     lines.append("")
-    for title, pick in (("after (this checkout)", 2), ("before (--baseline)", 1)):
-        if pick == 1 and args.baseline is None:
-            continue
+    variants = [
+        ("ours: requests on short-lived gRPC streams (the default)", "stream"),
+        ("ours: one unary gRPC call per request (--grpc-calls unary)", "unary"),
+    ]
+    if args.baseline is not None:
+        variants.append(("before (--baseline)", "before"))
+    for title, key in variants:
         lines += [
-            f"{title}:",
+            f"{title}, against perf_analyzer (unary calls, its default; and --streaming):",
             "",
             "| conc | ours img/s | PA img/s | ratio | ours p50 ms | PA p50 ms | p50 diff ms "
-            "| ours CPU ms/req | PA CPU ms/req | CPU ratio | server batch ours / PA |",
-            "|" + "---|" * 11,
+            "| ours CPU ms/req | PA CPU ms/req | CPU ratio | server batch ours / PA "
+            "| PA --streaming img/s | ratio to it | its p50 ms | its CPU ms/req "
+            "| runs img/s ours / PA |",
+            "|" + "---|" * 16,
         ]
         for row in rows:
-            concurrency, ours, theirs = row[0], row[pick], row[3]
+            ours, theirs, streamed = row[key], row["pa"], row["pa_stream"]
             assert isinstance(ours, ClientRun) and isinstance(theirs, ClientRun)
+            assert isinstance(streamed, ClientRun)
             lines.append(
-                f"| {concurrency} | {ours.images_per_s:.1f} | {theirs.images_per_s:.1f} "
+                f"| {row['c']} | {ours.images_per_s:.1f} | {theirs.images_per_s:.1f} "
                 f"| {ours.images_per_s / theirs.images_per_s:.3f} | {ours.p50_ms:.3f} "
                 f"| {theirs.p50_ms:.3f} | {ours.p50_ms - theirs.p50_ms:+.3f} "
                 f"| {ours.cpu_ms_per_request:.3f} | {theirs.cpu_ms_per_request:.3f} "
                 f"| {ours.cpu_ms_per_request / theirs.cpu_ms_per_request:.2f} "
-                f"| {ours.server_batch:.2f} / {theirs.server_batch:.2f} |"
+                f"| {ours.server_batch:.2f} / {theirs.server_batch:.2f} "
+                f"| {streamed.images_per_s:.1f} | {ours.images_per_s / streamed.images_per_s:.3f} "
+                f"| {streamed.p50_ms:.3f} | {streamed.cpu_ms_per_request:.3f} "
+                f"| {_runs(ours)} / {_runs(theirs)} |"
             )
         lines.append("")
     lines.append("")
     return lines
 
 
+def _runs(run: ClientRun) -> str:
+    return ", ".join(f"{v:.0f}" for v in run.runs) or "1 run"
+
+
 def main() -> int:
-    if len(sys.argv) == 8 and sys.argv[1] == "--child":
-        url, model, concurrency, window, stability, photo_count = sys.argv[2:]
+    if len(sys.argv) == 9 and sys.argv[1] == "--child":
+        url, model, concurrency, window, stability, photo_count, calls = sys.argv[2:]
         return child(
-            url, model, int(concurrency), float(window), float(stability), int(photo_count)
+            url, model, int(concurrency), float(window), float(stability), int(photo_count), calls
         )
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -334,6 +405,13 @@ def main() -> int:
         "--fast-model-dir",
         type=Path,
         help="the 1 ms model, written before by write_fast_model (where onnx is not installed)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of our engine (streams) and of perf_analyzer, taking turns, at each step; "
+        "the tables give medians (default 3)",
     )
     parser.add_argument(
         "--baseline",
