@@ -51,6 +51,8 @@ class LoadSettings:
     """The engine's pixel scaling: "none" for a model that takes UINT8 pixels."""
     batch_size: int = 1
     """Images per request."""
+    grpc_calls: str = "stream"
+    """The engine's gRPC requests: "stream" (its default) or "unary"."""
 
 
 def shares(concurrency: int, processes: int) -> list[int]:
@@ -134,6 +136,7 @@ async def _serve(settings: LoadSettings, commands: Connection, results: Connecti
             request_timeout_s=settings.request_timeout_s,
             topk=settings.topk,
             batch_size=settings.batch_size,
+            grpc_calls="unary" if settings.grpc_calls == "unary" else "stream",
             preprocess=PreprocessOptions(
                 scaling=next(s for s in SCALINGS if s == settings.scaling)
             ),

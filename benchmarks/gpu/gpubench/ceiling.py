@@ -538,6 +538,7 @@ class CeilingRun:
                             workers=probe.processes,
                         )
                         record.update(
+                            grpc_calls=pool.settings.grpc_calls,
                             images_per_s=step.images_per_s,
                             p50_ms=step.latency.p50 * 1000,
                             p90_ms=step.latency.p90 * 1000,

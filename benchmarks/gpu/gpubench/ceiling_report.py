@@ -44,6 +44,9 @@ def row(record: dict[str, Any]) -> dict[str, str]:
     if record.get("envoy_workers"):
         path += f" ({record['envoy_workers']} workers)"
     client = f"ours x{record['processes']}" if record["client"] == "ours" else "perf_analyzer"
+    if record["client"] == "ours":
+        # Records from before the stream path have no grpc_calls: those were unary calls.
+        client += ", streams" if record.get("grpc_calls") == "stream" else ", unary"
     return {
         "stack": record["config"],
         "varied": record["varied"],
