@@ -3,7 +3,8 @@
 For each model, one local Triton instance (no Envoy) serves it: the bundled model (about 10 ms
 of server time on a CPU core) and a small model built here with about 1 ms of server time, where
 any client overhead shows. At each concurrency our engine (in a child process, so its CPU is its
-own; its gRPC requests on short-lived streams, its default, then as one unary call each) and
+own; its gRPC requests on short-lived streams, `--grpc-calls stream`, then as one unary call
+each, its default) and
 perf_analyzer (unary calls, its default; then with --streaming) each measure throughput and p50/p90 with the same window and stability
 rule, one after the other. While each client runs, its CPU time (utime + stime from
 /proc/<pid>/stat) and the server's count of answered requests (Triton's statistics) are sampled;
@@ -335,8 +336,8 @@ def measure_model(label: str, model_dir: Path | None, args: argparse.Namespace) 
     )
     lines.append("")
     variants = [
-        ("ours: requests on short-lived gRPC streams (the default)", "stream"),
-        ("ours: one unary gRPC call per request (--grpc-calls unary)", "unary"),
+        ("ours: requests on short-lived gRPC streams (--grpc-calls stream)", "stream"),
+        ("ours: one unary gRPC call per request (the default)", "unary"),
     ]
     if args.baseline is not None:
         variants.append(("before (--baseline)", "before"))

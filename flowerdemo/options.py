@@ -52,7 +52,7 @@ class RunOptions:
     url: str | None
     """None: start the embedded local stack and connect to it."""
     protocol: TransportName = "grpc"
-    grpc_calls: GrpcCalls = "stream"
+    grpc_calls: GrpcCalls = "unary"
     model: str = "flowers"
     model_version: str = ""
     mode: Mode = "interactive"
@@ -154,9 +154,11 @@ def add_grpc_calls_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grpc-calls",
         choices=GRPC_CALLS,
-        default="stream",
-        help="gRPC inference as messages on short-lived streams (default: less client, Envoy "
-        "and server CPU per request) or as one unary call each",
+        default="unary",
+        help="gRPC inference as one unary call per request (default) or as messages on "
+        "short-lived streams: less client, Envoy and server CPU per request, but Envoy then "
+        "balances streams (renewed every second), not requests, and cannot time each request "
+        "('flowerdemo serve --autoscale' judges Envoy's request times)",
     )
 
 

@@ -24,10 +24,16 @@ from flowerdemo.serving.stack import LocalStack
 
 pytestmark = pytest.mark.stack
 
-# (photos per request, requests outstanding, instance killed, seconds per phase). Batches of 8
-# (4.8 MB each) are retried only because Envoy may buffer a whole request body: with its 1 MiB
-# default, every one in flight on the killed instance failed.
-RUNS = {"batch 1": (1, 16, 1, 4.0), "batch 8": (8, 8, 2, 2.5)}
+# (photos per request, requests outstanding, instance killed, seconds per phase, gRPC calls).
+# Batches of 8 (4.8 MB each) are retried only because Envoy may buffer a whole request body:
+# with its 1 MiB default, every one in flight on the killed instance failed.
+# On gRPC streams Envoy cannot retry a request once its stream has answered: the transport
+# retries it once on a new stream instead.
+RUNS = {
+    "batch 1": (1, 16, 1, 4.0, "unary"),
+    "batch 8": (8, 8, 2, 2.5, "unary"),
+    "batch 1 on streams": (1, 16, 0, 3.0, "stream"),
+}
 
 
 def _inference_count(stack: LocalStack, index: int) -> int:
@@ -53,10 +59,12 @@ def three_instances(stack_settings):
 @pytest.mark.parametrize("run_name", sorted(RUNS))
 async def test_killing_one_instance_loses_no_request(three_instances, run_name):
     stack = three_instances
-    batch_size, concurrency, victim, phase_s = RUNS[run_name]
+    batch_size, concurrency, victim, phase_s, calls = RUNS[run_name]
     assert all(state.state == "ready" for state in stack.states())
     photos = [image.image for image in load_images(sample_images_dir()).images[:16]]
-    settings = EngineSettings(url=stack.grpc_url, request_timeout_s=10, batch_size=batch_size)
+    settings = EngineSettings(
+        url=stack.grpc_url, request_timeout_s=10, batch_size=batch_size, grpc_calls=calls
+    )
     engine = InferenceEngine(settings, photos)
     events: list[InferenceEvent] = []
     engine.add_sink(events.append)
@@ -99,7 +107,8 @@ async def test_killing_one_instance_loses_no_request(three_instances, run_name):
     answered = [e for e in events if e.ok]
     failed = [e for e in events if not e.ok]
     lines = [
-        f"fault isolation (CPU, 3 instances, {concurrency} outstanding, batch {batch_size}):",
+        f"fault isolation (CPU, 3 instances, {concurrency} outstanding, batch {batch_size}, "
+        f"{calls} calls):",
         f"  requests sent {engine.sent}, answered {len(answered)}, failed {len(failed)}",
     ]
     for name, (begin, end) in phases.items():

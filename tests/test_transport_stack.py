@@ -192,7 +192,7 @@ async def test_one_request_at_a_time_on_streams_still_reaches_every_instance(loc
     from flowerdemo.core.transport import STREAM_LIFETIME_S
     from flowerdemo.serving.admin import read_upstream_hosts
 
-    engine = InferenceEngine(EngineSettings(url=local_stack.grpc_url), samples)
+    engine = InferenceEngine(EngineSettings(url=local_stack.grpc_url, grpc_calls="stream"), samples)
     await engine.connect()
     events = []
     engine.add_sink(events.append)

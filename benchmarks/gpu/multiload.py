@@ -52,7 +52,8 @@ class LoadSettings:
     batch_size: int = 1
     """Images per request."""
     grpc_calls: str = "stream"
-    """The engine's gRPC requests: "stream" (its default) or "unary"."""
+    """The engine's gRPC requests: "stream" (this benchmark's choice since run 5: the lighter
+    path) or "unary" (the client's default)."""
 
 
 def shares(concurrency: int, processes: int) -> list[int]:

@@ -105,8 +105,9 @@ class EngineSettings:
     """TLS to the server (None: plain, unless the URL says https://)."""
     headers: tuple[tuple[str, str], ...] = ()
     """Sent with every call (e.g. ("Authorization", "Bearer ...")): gRPC metadata or HTTP headers."""
-    grpc_calls: GrpcCalls = "stream"
-    """gRPC only: requests as messages on short-lived streams (lighter), or one unary call each."""
+    grpc_calls: GrpcCalls = "unary"
+    """gRPC only: one unary call per request, or requests as messages on short-lived streams
+    (lighter per request; Envoy then balances and times streams, not requests)."""
     wire: WireChoice = "fp32"
     """How images travel: fp32 is the model as named; uint8 / jpeg its variants
     `<model>_uint8` / `<model>_jpeg`; auto the smallest variant the server lists."""

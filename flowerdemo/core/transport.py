@@ -4,10 +4,11 @@ The engine speaks only to a `Transport` (as httpx's clients speak to their `_tra
 
 - `GrpcTransport` connects and checks the model through tritonclient's aio client, and infers
   with requests serialised once, when the (photo set, batch) was prepared, sent straight over
-  `grpc.aio`: by default as messages on short-lived `ModelStreamInfer` streams (`GrpcStreams`,
-  one request at a time on each), else as one unary `ModelInfer` call each. Both read the
-  initial metadata, where our Envoy names the instance that served it (`INSTANCE_HEADER`);
-  tritonclient drops it.
+  `grpc.aio`: as one unary `ModelInfer` call each (the default, as perf_analyzer's), or as
+  messages on short-lived `ModelStreamInfer` streams (`GrpcStreams`, one request at a time on
+  each: lighter per request, but Envoy then balances and times streams, not requests). Both
+  read the initial metadata, where our Envoy names the instance that served it
+  (`INSTANCE_HEADER`); tritonclient drops it.
 - `HttpTransport` checks through tritonclient's aio HTTP client and infers by posting a
   pre-built binary body with aiohttp, so the response headers (the instance) can be read.
 - `FakeTransport` answers in memory, with chosen answers, delays, failures and instance names:
@@ -277,7 +278,7 @@ class GrpcTransport:
         *,
         tls: TlsOptions | None = None,
         headers: Sequence[tuple[str, str]] = (),
-        calls: GrpcCalls = "stream",
+        calls: GrpcCalls = "unary",
     ) -> None:
         import grpc
         import tritonclient.grpc.aio as grpcaio
@@ -506,14 +507,16 @@ class GrpcStreams:
             call.cancel()
             raise
         instance = stream.instance
-        if answer is self._end_of_stream or not answer.HasField("infer_response"):
+        if answer is self._end_of_stream:
             call.cancel()
-            if answer is not self._end_of_stream and answer.error_message:
-                raise TransportError(
-                    ErrorKind.SERVER, clean_server_text(answer.error_message), instance
-                )
             raise TransportError(
                 ErrorKind.UNAVAILABLE, "the server ended the inference stream", instance
+            )
+        if answer.error_message:
+            # Triton's answer to a request it refused still carries an (empty) infer_response.
+            self._give_back(stream)
+            raise TransportError(
+                ErrorKind.SERVER, clean_server_text(answer.error_message), instance
             )
         self._give_back(stream)
         return answer.infer_response, instance
@@ -895,7 +898,7 @@ def make_transport(
     url: str,
     tls: TlsOptions | None = None,
     headers: Sequence[tuple[str, str]] = (),
-    grpc_calls: GrpcCalls = "stream",
+    grpc_calls: GrpcCalls = "unary",
 ) -> Transport:
     """The transport for `protocol` to `url` (HOST:PORT, checked by the caller)."""
     if protocol == "grpc":
