@@ -267,8 +267,9 @@ async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: An
                 except ConnectError as error:
                     print(f"flowerdemo: {error}", file=err)
                     return EXIT_NOT_RUN
+                calls = f", {options.grpc_calls} calls" if options.protocol == "grpc" else ""
                 print(
-                    f"Connected to {url} ({options.protocol}): {spec.describe()}; wire "
+                    f"Connected to {url} ({options.protocol}{calls}): {spec.describe()}; wire "
                     f"{spec.wire}, {engine.mean_request_bytes():,.0f} bytes a request",
                     file=out,
                 )
@@ -509,6 +510,7 @@ def _write_report(options: RunOptions, snapshot: StatsSnapshot, run: _Run) -> No
         settings = {
             "url": options.url or "local stack",
             "protocol": options.protocol,
+            "grpc_calls": options.grpc_calls if options.protocol == "grpc" else None,
             "model": options.model,
             "mode": options.mode,
             "concurrency": options.concurrency,

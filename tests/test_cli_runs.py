@@ -111,6 +111,21 @@ def test_a_closed_pipe_still_finishes_the_run_and_writes_the_report(local_stack,
     assert json.loads(report.read_text())["statistics"]["answered"] == 102
 
 
+def test_requests_on_grpc_streams_through_envoy_are_all_answered_and_reported(
+    local_stack, tmp_path
+):
+    report = tmp_path / "run.json"
+    result = run_flowerdemo(
+        "--headless", "--url", local_stack.grpc_url, "--grpc-calls", "stream",
+        "--report", str(report), state=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == EXIT_OK, result.stderr
+    assert f"Connected to {local_stack.grpc_url} (grpc, stream calls)" in result.stdout
+    document = json.loads(report.read_text())
+    assert document["settings"]["grpc_calls"] == "stream"
+    assert document["statistics"]["answered"] == 102 and document["statistics"]["failed"] == 0
+
+
 def test_sigterm_ends_a_bench_sweep_and_keeps_the_measured_steps(local_stack, tmp_path):
     results = tmp_path / "bench"
     child = start_flowerdemo(
