@@ -45,7 +45,9 @@ def serving_target(
     limits = options.autoscale_limits()
     if limits is not None:
         instances = min(max(instances, limits[0]), limits[1])
-    settings = stack_settings if stack_settings is not None else StackSettings()
+    settings = (
+        stack_settings if stack_settings is not None else StackSettings(wires=options.local_wires())
+    )
     settings = _with_instances(settings, instances)
     print(f"Starting the local stack: {instances} Triton instance(s) behind Envoy...", file=err)
     stack = LocalStack(settings)

@@ -127,6 +127,13 @@ class RunOptions:
             )
         return minimum, maximum
 
+    def local_wires(self) -> tuple[str, ...]:
+        """The inputs a local stack started for this run offers: what `wire` can pick, so a
+        laptop runs no Python-backend stub (one process per instance and variant) it never uses."""
+        if self.wire == "auto":
+            return tuple(w for w in WIRE_CHOICES if w != "auto")
+        return ("fp32",) if self.wire == "fp32" else ("fp32", self.wire)
+
     def class_names(self) -> tuple[str, ...]:
         """Names for the client-side labels fallback and for ground truth from folder names."""
         return read_labels(self.labels or labels_file())

@@ -170,6 +170,14 @@ def test_an_unwritable_output_dir_and_workdir_are_refused(tmp_path: Path):
     assert f"--workdir {a_file / 'work'} cannot be written" in nested.stderr
 
 
+@pytest.mark.parametrize("wires", ["jpeg", "fp32,png", "", "FP32,,uint8;rm"])
+def test_serve_refuses_wires_it_does_not_offer(tmp_path: Path, wires: str):
+    result = run_flowerdemo("serve", "--wires", wires, state=tmp_path)
+    assert result.returncode == 2
+    assert "--wires" in result.stderr and "includes fp32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_non_utf8_file_names_under_a_strict_locale(tmp_path: Path, free_port):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -343,6 +343,31 @@ def test_niceness_lowers_the_priority_of_triton_its_model_processes_and_envoy(st
         assert all(os.getpriority(os.PRIO_PROCESS, pid) == min(base + 7, 19) for pid in stubs)
 
 
+def test_an_instance_offers_only_the_wires_asked_for(stack_settings):
+    """The window's and the headless client's local stack start only what --wire can pick:
+    with the default fp32, no Python-backend variant process runs beside the model."""
+    import tritonclient.grpc as grpcclient
+
+    from flowerdemo.options import RunOptions
+
+    wires = RunOptions(url=None).local_wires()
+    assert wires == ("fp32",)
+    with LocalStack(stack_settings(1, with_envoy=False, wires=wires)) as stack:
+        client = grpcclient.InferenceServerClient(stack.instance_grpc_url(0))
+        try:
+            index = client.get_model_repository_index(as_json=True)
+        finally:
+            client.close()
+        (state,) = stack.states()
+        stubs = subprocess.run(
+            ["pgrep", "-P", str(state.pid)], capture_output=True, text=True
+        ).stdout.split()
+    assert sorted(m["name"] for m in index.get("models", [])) == ["flowers"]
+    assert len(stubs) == 1, f"one model process, not {len(stubs)}"
+    assert RunOptions(url=None, wire="uint8").local_wires() == ("fp32", "uint8")
+    assert RunOptions(url=None, wire="auto").local_wires() == ("fp32", "uint8", "jpeg")
+
+
 def test_bad_settings_are_refused_before_anything_starts(stack_settings):
     with pytest.raises(StackError, match="instances: need at least 1, got 0"):
         LocalStack(replace(stack_settings(1), instances=0))

@@ -39,7 +39,12 @@ from flowerdemo.serving.admin import AdminError, RequestTimeWindow
 from flowerdemo.serving.devices import DeviceError, docker_gpus_value, resolve_devices
 from flowerdemo.serving.plan import DEFAULT_BASE_PORT, DEFAULT_MODEL_NAME, DeploymentPlan
 from flowerdemo.serving.plan import make_instances as plan_instances
-from flowerdemo.serving.repository import RepositoryError, RepositoryOptions, write_repository
+from flowerdemo.serving.repository import (
+    WIRES,
+    RepositoryError,
+    RepositoryOptions,
+    write_repository,
+)
 from flowerdemo.serving.stack import (
     InstanceState,
     LocalStack,
@@ -122,6 +127,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX Runtime threads per instance (default: 1)",
     )
     parser.add_argument(
+        "--wires",
+        type=_wires,
+        default=",".join(WIRES),
+        metavar="LIST",
+        help="the inputs each instance offers, of fp32 (always), uint8 and jpeg: each variant is "
+        "one more Python-backend process per instance, about 110 MB (default: %(default)s)",
+    )
+    parser.add_argument(
         "--tls-cert",
         type=Path,
         metavar="PEM",
@@ -174,6 +187,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _wires(text: str) -> tuple[str, ...]:
+    wires = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [w for w in wires if w not in WIRES]
+    if unknown or "fp32" not in wires:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': a comma-separated list of {', '.join(WIRES)} that includes fp32"
+        )
+    return wires
+
+
 def _devices(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -195,6 +218,7 @@ def settings_from_args(args: argparse.Namespace) -> StackSettings:
         max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching,
         intra_op_threads=args.threads,
+        wires=args.wires,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         restart=not args.no_restart,
@@ -544,6 +568,7 @@ def write_print_config(
         max_batch_size=settings.max_batch_size,
         dynamic_batching=settings.dynamic_batching,
         intra_op_threads=settings.intra_op_threads,
+        wires=settings.wires,
     )
     local_kind = "gpu" if uses_gpu else "cpu"
     local_repo = write_repository(

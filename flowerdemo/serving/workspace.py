@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerdemo.serving.repository import RepositoryError, RepositoryOptions, write_repository
+from flowerdemo.serving.repository import (
+    WIRES,
+    RepositoryError,
+    RepositoryOptions,
+    write_repository,
+)
 
 
 class StackError(RuntimeError):
@@ -44,6 +49,9 @@ class StackSettings:
     dynamic_batching: bool = True
     max_queue_delay_us: int = 500
     intra_op_threads: int = 1
+    wires: tuple[str, ...] = WIRES
+    """The inputs each instance offers: the model as it is ("fp32") and its Python-backend
+    variants ("uint8", "jpeg"), each a stub process of its own per instance (about 110 MB)."""
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
     envoy_concurrency: int = 1
@@ -124,6 +132,7 @@ def write_model_repositories(
             # Each GPU instance sees only its own device (or MIG slice), as ordinal 0.
             gpus=(0,),
             intra_op_threads=s.intra_op_threads,
+            wires=s.wires,
         )
         root = workdir / f"repository-{kind}"
         try:

@@ -409,7 +409,9 @@ class MainWindow(QMainWindow):
                 )
                 return None
             from_settings = StackSettings(
-                instances=self._options.instances, niceness=EMBEDDED_STACK_NICENESS
+                instances=self._options.instances,
+                niceness=EMBEDDED_STACK_NICENESS,
+                wires=self._options.local_wires(),
             )
         self.log_panel.add(
             Severity.INFO,
