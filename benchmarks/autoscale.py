@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import math
@@ -34,18 +33,13 @@ from flowerdemo.core.autoscale import AutoscaleController, AutoscalePolicy, Scal
 from flowerdemo.core.engine import EngineSettings, InferenceEngine
 from flowerdemo.core.images import load_images
 from flowerdemo.core.stats import RunStatistics
-from flowerdemo.headless import (
-    AUTOSCALE_WINDOW_S,
-    drive_autoscale,
-    record_autoscale_timeline,
-)
+from flowerdemo.headless import AUTOSCALE_WINDOW_S, TIMELINE_INTERVAL_S, ramp_with_autoscale
 from flowerdemo.plots import AutoscaleSample, plot_autoscale
 from flowerdemo.resources import sample_images_dir
 from flowerdemo.serving.ports import free_port_block
 from flowerdemo.serving.stack import LocalStack, StackSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SAMPLE_INTERVAL_S = 0.5
 RECOVERY_TARGET_S = 10.0
 
 
@@ -122,38 +116,24 @@ async def measure(
     def on_decision(decision: ScaleDecision) -> None:
         print(f"  {decision.at - started:6.1f} s  {decision.reason}", flush=True)
 
-    load = asyncio.ensure_future(engine.run_automatic(steps[0]))
-    background = [
-        asyncio.ensure_future(
-            record_autoscale_timeline(
-                stack, statistics, engine, started, samples, interval_s=SAMPLE_INTERVAL_S
-            )
-        ),
-        asyncio.ensure_future(
-            drive_autoscale(
-                stack,
-                controller,
-                lambda: statistics.recent_latency(90, AUTOSCALE_WINDOW_S),
-                on_decision,
-            )
-        ),
-    ]
+    def on_step(at: float, concurrency: int) -> None:
+        print(f"{at:6.1f} s  N = {concurrency}", flush=True)
+
+    # The last N is held longer: room to scale down.
+    seconds = [args.step_s] * (len(steps) - 1) + [args.final_s]
     try:
-        for index, concurrency in enumerate(steps):
-            engine.set_concurrency(concurrency)
-            print(f"{time.monotonic() - started:6.1f} s  N = {concurrency}", flush=True)
-            last = index == len(steps) - 1
-            await asyncio.sleep(args.final_s if last else args.step_s)
+        snapshot = await ramp_with_autoscale(
+            stack,
+            engine,
+            statistics,
+            list(zip(steps, seconds, strict=True)),
+            samples,
+            started=started,
+            controller=controller,
+            on_step=on_step,
+            on_decision=on_decision,
+        )
     finally:
-        engine.stop()
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
-        snapshot = statistics.snapshot()
         await engine.close()
     print(f"answered {snapshot.answered}, failed {snapshot.failed}")
     return samples, controller.decisions, started, snapshot.failed
@@ -223,7 +203,7 @@ def main() -> int:
         "machine, and every figure is then a lower bound).",
         "",
         "The p90 is the controller's own view: the 90th percentile of the answers of the last "
-        f"{AUTOSCALE_WINDOW_S:g} s, sampled every {SAMPLE_INTERVAL_S:g} s.",
+        f"{AUTOSCALE_WINDOW_S:g} s, sampled every {TIMELINE_INTERVAL_S:g} s.",
         "",
         f"![autoscale]({chart.name})",
         "",

@@ -7,7 +7,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
@@ -46,6 +46,8 @@ AUTOSCALE_INTERVAL_S = 0.5
 AUTOSCALE_WINDOW_S = 2.0
 """The autoscaler judges the verdict percentile of the last this-many seconds of answers: shorter
 than the status window, so it reacts within seconds of the budget being crossed."""
+TIMELINE_INTERVAL_S = 0.5
+"""How often the autoscale benchmarks' timeline is sampled (record_autoscale_timeline)."""
 SERVER_STATS_INTERVAL_S = 1.0
 
 
@@ -222,7 +224,7 @@ async def record_autoscale_timeline(
     started: float,
     samples: list[AutoscaleSample],
     *,
-    interval_s: float = 0.5,
+    interval_s: float = TIMELINE_INTERVAL_S,
 ) -> None:
     """Until cancelled: every `interval_s`, append what an autoscale chart draws (the verdict
     latency, the stack's ready and target counts, N and throughput) to `samples`; the
@@ -241,6 +243,59 @@ async def record_autoscale_timeline(
                 images_per_s=snapshot.window_images_per_s,
             )
         )
+
+
+async def ramp_with_autoscale(
+    stack: Any,
+    engine: InferenceEngine,
+    statistics: RunStatistics,
+    steps: Sequence[tuple[int, float]],
+    samples: list[AutoscaleSample],
+    *,
+    started: float,
+    controller: AutoscaleController | None = None,
+    on_step: Callable[[float, int], None] = lambda at, concurrency: None,
+    on_decision: Callable[[ScaleDecision], None] = lambda decision: None,
+    alongside: Sequence[Coroutine[Any, Any, None]] = (),
+) -> StatsSnapshot:
+    """The autoscale benchmarks' run (CPU and GPU): `engine` (connected) keeps each
+    (concurrency, seconds) of `steps` outstanding in turn while the timeline is recorded into
+    `samples` and, with a `controller`, autoscale drives `stack`; the coroutines in `alongside`
+    run until the ramp ends. Stops the load and returns the run's statistics."""
+    percentile = controller.policy.percentile if controller is not None else 90
+    tasks = [
+        asyncio.ensure_future(
+            record_autoscale_timeline(stack, statistics, engine, started, samples)
+        ),
+        *(asyncio.ensure_future(work) for work in alongside),
+    ]
+    if controller is not None:
+        tasks.append(
+            asyncio.ensure_future(
+                drive_autoscale(
+                    stack,
+                    controller,
+                    lambda: statistics.recent_latency(percentile, AUTOSCALE_WINDOW_S),
+                    on_decision,
+                )
+            )
+        )
+    load = asyncio.ensure_future(engine.run_automatic(steps[0][0]))
+    try:
+        for concurrency, seconds in steps:
+            engine.set_concurrency(concurrency)
+            on_step(time.monotonic() - started, concurrency)
+            await asyncio.sleep(seconds)
+    finally:
+        engine.stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+    return statistics.snapshot()
 
 
 async def _run(options: RunOptions, out: TextIO, err: TextIO, stack_settings: Any) -> int:

@@ -534,7 +534,7 @@ def test_live_report_gives_medians_per_step_after_settling(tmp_path, capsys):
         timeline.append(f"{t},{concurrency},{p90},{ready},{ready},{images}")
     (tmp_path / "timeline-autoscale.csv").write_text("\n".join(timeline) + "\n")
     # A probe row every 2 s, covering the 2 s before it.
-    probe_rows = [",".join(("t_s", *live.REPORT_PROBES))]
+    probe_rows = [",".join(("t_s", *live.PROBE_FIELDS))]
     busiest = {6: 0.5, 8: 0.9, 10: 0.7}
     for t in range(2, 34, 2):
         gpu = "" if t == 8 else str(90 + t)

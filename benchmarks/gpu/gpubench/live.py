@@ -15,7 +15,6 @@ row per step (`run_gpu_bench.py --live-report DIR`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
 import math
@@ -34,7 +33,6 @@ from gpubench.machine import Deadline, log
 from gpubench.mps import Mps
 from gpubench.probe import DRIVER, GpuSampler, ProcessSample
 
-SAMPLE_INTERVAL_S = 0.5
 MPS_PERCENTAGE = 14
 PROBE_INTERVAL_S = 2.0
 PROBE_COLUMNS = (
@@ -44,6 +42,8 @@ PROBE_COLUMNS = (
     ("tritonserver_cores", "tritonserver", "cores"),
     ("stub_cores", "python stub", "cores"),
 )
+PROBE_FIELDS = (*(column for column, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util")
+"""A probe row's figures, after its time (`t_s`): the probe CSV's columns, in order."""
 
 
 async def probe_timeline(
@@ -86,11 +86,7 @@ async def ramp(
     from flowerdemo.core.images import load_images
     from flowerdemo.core.preprocess import SCALINGS, PreprocessOptions
     from flowerdemo.core.stats import RunStatistics
-    from flowerdemo.headless import (
-        AUTOSCALE_WINDOW_S,
-        drive_autoscale,
-        record_autoscale_timeline,
-    )
+    from flowerdemo.headless import AUTOSCALE_WINDOW_S, ramp_with_autoscale
     from flowerdemo.plots import AutoscaleSample
     from flowerdemo.resources import sample_images_dir
 
@@ -116,49 +112,30 @@ async def ramp(
     )
     samples: list[AutoscaleSample] = []
     probes: list[dict[str, Any]] = []
-    gpu = GpuSampler(period_s=0.5).__enter__()
     started = time.monotonic()
     statistics.reset()
 
     def on_decision(decision: ScaleDecision) -> None:
         log(f"  {decision.at - started:6.1f} s  {decision.reason}")
 
-    load = asyncio.ensure_future(engine.run_automatic(steps[0]))
-    background = [
-        asyncio.ensure_future(
-            record_autoscale_timeline(
-                stack, statistics, engine, started, samples, interval_s=SAMPLE_INTERVAL_S
-            )
-        ),
-        asyncio.ensure_future(probe_timeline(stack, started, gpu, probes)),
-    ]
-    if controller is not None:
-        background.append(
-            asyncio.ensure_future(
-                drive_autoscale(
-                    stack,
-                    controller,
-                    lambda: statistics.recent_latency(90, AUTOSCALE_WINDOW_S),
-                    on_decision,
-                )
-            )
-        )
+    def on_step(at: float, concurrency: int) -> None:
+        log(f"{at:6.1f} s  concurrency {concurrency}")
+
     try:
-        for concurrency in steps:
-            engine.set_concurrency(concurrency)
-            log(f"{time.monotonic() - started:6.1f} s  concurrency {concurrency}")
-            await asyncio.sleep(step_s)
+        with GpuSampler(period_s=0.5) as gpu:
+            snapshot = await ramp_with_autoscale(
+                stack,
+                engine,
+                statistics,
+                [(concurrency, step_s) for concurrency in steps],
+                samples,
+                started=started,
+                controller=controller,
+                on_step=on_step,
+                on_decision=on_decision,
+                alongside=[probe_timeline(stack, started, gpu, probes)],
+            )
     finally:
-        engine.stop()
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
-        snapshot = statistics.snapshot()
-        gpu.__exit__(None, None, None)
         await engine.close()
     decisions = controller.decisions if controller is not None else []
     return {
@@ -266,11 +243,10 @@ def run_live(
                 )
                 samples = run.pop("samples")
                 probes = run.pop("probes")
-                columns = ["t_s", *(c for c, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util"]
-                with (out / f"probe-{mode}.csv").open("w", encoding="utf-8") as handle:
-                    handle.write(",".join(columns) + "\n")
-                    for row in probes:
-                        handle.write(",".join(str(row[c]) for c in columns) + "\n")
+                with (out / f"probe-{mode}.csv").open("w", encoding="utf-8", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=("t_s", *PROBE_FIELDS))
+                    writer.writeheader()
+                    writer.writerows(probes)
                 record.update(run, status="ran")
                 with (out / f"timeline-{mode}.csv").open("w", encoding="utf-8") as handle:
                     handle.write("t_s,concurrency,p90_ms,ready,target,images_per_s\n")
@@ -321,7 +297,6 @@ def run_live(
 # Reading a run back: one row per step of the ramp (`run_gpu_bench.py --live-report DIR`).
 
 SETTLE_SHARE = 0.4
-REPORT_PROBES = (*(c for c, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util")
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -391,7 +366,7 @@ def step_table(
                 else math.nan,
                 "ready_at_end": step[-1]["ready"],
                 "probe_rows": len(in_span),
-                **{column: _median([row[column] for row in in_span]) for column in REPORT_PROBES},
+                **{column: _median([row[column] for row in in_span]) for column in PROBE_FIELDS},
             }
         )
     return rows
@@ -435,7 +410,7 @@ def live_report(folder: Path) -> str:
                 _cell(row["p90_ms"], "{:.1f}"),
                 _cell(row["within_budget"], "{:.0%}"),
                 f"{row['ready_at_end']:.0f}",
-                *(_cell(row[c], "{:.2f}") for c in REPORT_PROBES[:-2]),
+                *(_cell(row[c], "{:.2f}") for c in PROBE_FIELDS[:-2]),
                 _cell(row["machine_idle"], "{:.0%}"),
                 _cell(row["gpu_util"], "{:.0f}"),
             ]
