@@ -174,7 +174,7 @@ def test_an_unwritable_output_dir_and_workdir_are_refused(tmp_path: Path):
 def test_serve_refuses_wires_it_does_not_offer(tmp_path: Path, wires: str):
     result = run_flowerdemo("serve", "--wires", wires, state=tmp_path)
     assert result.returncode == 2
-    assert "--wires" in result.stderr and "includes fp32" in result.stderr
+    assert "--wires" in result.stderr and "must include 'fp32'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

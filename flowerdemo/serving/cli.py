@@ -43,6 +43,7 @@ from flowerdemo.serving.repository import (
     WIRES,
     RepositoryError,
     RepositoryOptions,
+    wires_problem,
     write_repository,
 )
 from flowerdemo.serving.stack import (
@@ -189,11 +190,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _wires(text: str) -> tuple[str, ...]:
     wires = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
-    unknown = [w for w in wires if w not in WIRES]
-    if unknown or "fp32" not in wires:
-        raise argparse.ArgumentTypeError(
-            f"'{text}': a comma-separated list of {', '.join(WIRES)} that includes fp32"
-        )
+    problem = wires_problem(wires)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"'{text}' (comma-separated): {problem}")
     return wires
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -142,11 +143,16 @@ class RepositoryOptions:
             raise RepositoryError("intra_op_threads, num_versions and version must be 1 or more")
         if self.scaling not in SCALINGS:
             raise RepositoryError(f"scaling {self.scaling!r}: must be one of {SCALINGS}")
-        unknown = [wire for wire in self.wires if wire not in WIRES]
-        if unknown or "fp32" not in self.wires:
-            raise RepositoryError(
-                f"wires {list(self.wires)}: must include 'fp32' and be among {list(WIRES)}"
-            )
+        problem = wires_problem(self.wires)
+        if problem is not None:
+            raise RepositoryError(f"wires {list(self.wires)}: {problem}")
+
+
+def wires_problem(wires: Sequence[str]) -> str | None:
+    """Why `wires` cannot be offered (each of WIRES, fp32 always among them), or None."""
+    if any(wire not in WIRES for wire in wires) or "fp32" not in wires:
+        return f"must include 'fp32' and be among {list(WIRES)}"
+    return None
 
 
 def _tensor_spec(node: object, where: Path, role: str) -> tuple[TensorSpec, bool]:
