@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,11 +170,8 @@ def median_run(runs: list[ClientRun]) -> ClientRun:
     """Each figure's median over repeated runs of one client (NaN runs left out)."""
 
     def median(values: list[float]) -> float:
-        kept = sorted(v for v in values if not math.isnan(v))
-        if not kept:
-            return math.nan
-        middle = len(kept) // 2
-        return kept[middle] if len(kept) % 2 else (kept[middle - 1] + kept[middle]) / 2
+        kept = [v for v in values if not math.isnan(v)]
+        return statistics.median(kept) if kept else math.nan
 
     return ClientRun(
         median([r.images_per_s for r in runs]),

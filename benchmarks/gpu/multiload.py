@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flowerdemo.core.sweep import (
     SweepSettings,
@@ -51,7 +51,7 @@ class LoadSettings:
     """The engine's pixel scaling: "none" for a model that takes UINT8 pixels."""
     batch_size: int = 1
     """Images per request."""
-    grpc_calls: str = "stream"
+    grpc_calls: Literal["stream", "unary"] = "stream"
     """The engine's gRPC requests: "stream" (this benchmark's choice since run 5: the lighter
     path) or "unary" (the client's default)."""
 
@@ -137,7 +137,7 @@ async def _serve(settings: LoadSettings, commands: Connection, results: Connecti
             request_timeout_s=settings.request_timeout_s,
             topk=settings.topk,
             batch_size=settings.batch_size,
-            grpc_calls="unary" if settings.grpc_calls == "unary" else "stream",
+            grpc_calls=settings.grpc_calls,
             preprocess=PreprocessOptions(
                 scaling=next(s for s in SCALINGS if s == settings.scaling)
             ),
