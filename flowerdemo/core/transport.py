@@ -497,12 +497,9 @@ class GrpcStreams:
                 )
         except self._rpc_error as error:
             call.cancel()
-            failure = _grpc_error(error)
-            code = getattr(error.code(), "name", "")  # type: ignore[attr-defined]
-            if not fresh and code in _BROKEN_STREAM_CODES:
-                # (A new stream that could not reach anyone would fail the same way again.)
-                raise _BrokenStream(failure.kind, failure.message, failure.instance) from None
-            raise failure from None
+            # (A new stream that could not reach anyone would fail the same way again.)
+            broken = not fresh and _code_name(error) in _BROKEN_STREAM_CODES
+            raise _grpc_error(error, _BrokenStream if broken else TransportError) from None
         except BaseException:
             call.cancel()
             raise
@@ -563,14 +560,19 @@ class GrpcStreams:
         self._idle.clear()
 
 
-def _grpc_error(error: Any) -> TransportError:
-    code = error.code()
-    kind = _GRPC_KINDS.get(getattr(code, "name", ""), ErrorKind.SERVER)
-    details = clean_server_text(error.details() or getattr(code, "name", "") or "no details")
+def _code_name(error: Any) -> str:
+    """The gRPC status name of a failed call ("UNAVAILABLE", ...), "" if it has none."""
+    return str(getattr(error.code(), "name", ""))
+
+
+def _grpc_error(error: Any, as_type: type[TransportError] = TransportError) -> TransportError:
+    code = _code_name(error)
+    kind = _GRPC_KINDS.get(code, ErrorKind.SERVER)
+    details = clean_server_text(error.details() or code or "no details")
     # AioRpcError keeps the headers of a failed call; Envoy names the instance there too.
     metadata = error.initial_metadata()
     instance = _instance_name(metadata.get(INSTANCE_HEADER) if metadata else None)
-    return TransportError(kind, details, instance)
+    return as_type(kind, details, instance)
 
 
 # -- HTTP -------------------------------------------------------------------------------------
