@@ -574,3 +574,26 @@ def test_live_report_gives_medians_per_step_after_settling(tmp_path, capsys):
         "| 2 | 4-10 | 200 | 35.0 | 67% | 1 | 1.20 | 0.70 | 0.40 | 0.50 | 0.60 | 60% | 98 |" in text
     )
     assert "| 1 | 31-33 | 332 | 45.0 | 100% | 1 | - | - | - | - | - | - | - |" in text
+
+
+def test_the_live_run_builds_its_gpu_stack_as_the_ceiling_does(tmp_path):
+    """The live run's Tritons come from the measurement's own stack_parts: 7 MPS clients at
+    14% of the SMs, one model instance and one torch thread each, UINT8 input."""
+    from gpubench.machine import Deadline
+    from gpubench.measure import stack_parts
+
+    plan = configs.build_plan(run_gpu_bench.parse_args([]), Path("nonexistent-home"))
+    config = live.live_config(7)
+    repository, settings, variables = stack_parts(
+        config, plan, tmp_path, Deadline(time.monotonic() + 600), mps=None
+    )
+    assert (settings.instances, settings.devices, settings.model_name) == (
+        7,
+        ("cuda:0",),
+        configs.MODEL,
+    )
+    assert settings.repository == repository and settings.envoy_concurrency == plan.envoy_workers
+    assert variables == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(live.MPS_PERCENTAGE)}
+    written = (repository / configs.MODEL / "config.pbtxt").read_text()
+    assert "TYPE_UINT8" in written and "count: 1" in written
+    assert 'key: "copy_threads"' in written and 'string_value: "1"' in written

@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import resnet50_model
-
-from gpubench.configs import MODEL, TEARDOWN_RESERVE_S, Plan
+from gpubench.configs import MODEL, TEARDOWN_RESERVE_S, Config, Plan
 from gpubench.machine import Deadline, log
+from gpubench.measure import stack_parts
 from gpubench.mps import Mps
 from gpubench.probe import DRIVER, GpuSampler, ProcessSample
 
@@ -44,6 +43,21 @@ PROBE_COLUMNS = (
 )
 PROBE_FIELDS = (*(column for column, _, _ in PROBE_COLUMNS), "machine_idle", "gpu_util")
 """A probe row's figures, after its time (`t_s`): the probe CSV's columns, in order."""
+
+
+def live_config(instances: int) -> Config:
+    """The live run's stack: `instances` Tritons, each an MPS client at MPS_PERCENTAGE of the
+    SMs with one model instance, one torch thread and UINT8 input (the ceiling's best
+    settings for the slices)."""
+    return Config(
+        f"live-{instances}",
+        tritons=instances,
+        mps=True,
+        model_instances=1,
+        copy_threads=1,
+        mps_percentage=MPS_PERCENTAGE,
+        input_dtype="uint8",
+    )
 
 
 async def probe_timeline(
@@ -170,7 +184,6 @@ def run_live(
     """Each mode in turn ("autoscale", or "fixedK" for K instances, autoscale off), while the
     deadline allows a whole ramp."""
     from flowerdemo.plots import plot_autoscale
-    from flowerdemo.resources import labels_file
     from flowerdemo.serving.stack import LocalStack, StackError, StackSettings
 
     out.mkdir(parents=True, exist_ok=True)
@@ -209,28 +222,7 @@ def run_live(
                 )
             else:
                 model, scaling = MODEL, "none"
-                repository = resnet50_model.write_repository(
-                    work / "repository",
-                    labels_file(),
-                    instances=1,
-                    buckets=plan.buckets,
-                    max_queue_delay_us=plan.max_queue_delay_us,
-                    copy_threads=1,
-                    input_dtype="uint8",
-                )
-                settings = StackSettings(
-                    instances=count,
-                    devices=("cuda:0",),
-                    repository=repository,
-                    model_name=MODEL,
-                    workdir=work / "stack",
-                    base_port=plan.base_port,
-                    listen=plan.listen,
-                    http_listen=plan.http_listen,
-                    admin_listen=plan.admin_listen,
-                    envoy_concurrency=plan.envoy_workers,
-                    ready_timeout_s=120.0,
-                )
+                _, settings, _ = stack_parts(live_config(count), plan, work, deadline, mps)
             stack = LocalStack(settings)
             record: dict[str, Any] = {"instances_at_start": count, "autoscale": autoscale}
             try:
